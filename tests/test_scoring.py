@@ -1,0 +1,131 @@
+"""The QUBIQ score on tiny hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from common.scoring import THRESHOLDS, case_score, consensus_at, dice, score_cases, threshold_dice
+
+
+def stack(*masks):
+    """Expert masks written as nested lists -> bool (experts, rows, cols)."""
+    return np.array(masks, dtype=bool)
+
+
+def votes(counts, n):
+    """Masks of n experts such that voxel x is marked by counts[x] of them."""
+    counts = np.asarray(counts)
+    return np.stack([counts > e for e in range(n)])
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ([[0, 0], [0, 0]], [[0, 0], [0, 0]], 1.0),  # both empty: right, not NaN
+        ([[1, 0], [0, 0]], [[0, 0], [0, 0]], 0.0),
+        ([[1, 1], [0, 0]], [[1, 0], [0, 0]], 2 / 3),
+        ([[1, 1], [1, 1]], [[1, 1], [1, 1]], 1.0),
+        ([[1, 1], [0, 0]], [[0, 0], [1, 1]], 0.0),
+    ],
+)
+def test_dice_table(a, b, expected):
+    assert dice(np.array(a), np.array(b)) == pytest.approx(expected)
+
+
+def test_consensus_is_exact_at_k_over_n():
+    masks = votes([[3, 5], [0, 2]], n=5)  # 3/5 = 0.6 exactly
+    # the naive float threshold misses it: 0.1 * 6 == 0.6000000000000001 > 0.6
+    assert not (masks.mean(axis=0)[0, 0] >= 0.1 * 6)
+    assert consensus_at(masks, 6)[0, 0]
+    assert not consensus_at(masks, 7)[0, 0]
+    assert consensus_at(masks, 4)[1, 1]  # 2/5 = 0.4 at t = 0.4
+    assert not consensus_at(masks, 5)[1, 1]
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 7, 10])  # float32(0.7) < 0.7 with 10
+def test_perfect_prediction_scores_one_even_in_float32(n):
+    counts = np.arange(n + 1).reshape(1, -1).repeat(2, axis=0)  # every fraction k/n appears
+    masks = votes(counts, n)
+    # stored as float32 and read back as float64 (as nibabel's get_fdata does): float32(0.7) < 0.7
+    prediction = (counts / n).astype(np.float32).astype(np.float64)
+    assert np.array_equal(threshold_dice(prediction, masks), np.ones(9))
+    assert case_score(prediction, masks) == 1.0
+
+
+def test_five_experts_prediction_just_below_boundary():
+    # voxel A: 3 of 5 experts (0.6), voxel B: 5 of 5
+    masks = votes([[3, 5]], n=5)
+    exact = threshold_dice(np.array([[0.6, 1.0]]), masks)
+    assert np.array_equal(exact, np.ones(9))
+    below = threshold_dice(np.array([[0.55, 1.0]]), masks)
+    # t <= 0.5: both {A, B}; t = 0.6: prediction {B}, truth {A, B} -> 2/3; t >= 0.7: both {B}
+    expected = [1, 1, 1, 1, 1, 2 / 3, 1, 1, 1]
+    assert below == pytest.approx(expected)
+    assert case_score(np.array([[0.55, 1.0]]), masks) == pytest.approx((8 + 2 / 3) / 9)
+
+
+def test_six_experts_half_and_two_thirds():
+    # voxel A: 3 of 6 (0.5), voxel B: 4 of 6 (0.667), voxel C: 6 of 6
+    masks = votes([[3, 4, 6]], n=6)
+    truth_sizes = [int(consensus_at(masks, j).sum()) for j in range(1, 10)]
+    assert truth_sizes == [3, 3, 3, 3, 3, 2, 1, 1, 1]
+    # a prediction of 0.5 everywhere: foreground for t <= 0.5 only
+    flat = threshold_dice(np.full((1, 3), 0.5), masks)
+    # t <= 0.5: 3 vs 3 -> 1; t = 0.6: empty vs {B, C} -> 0; t >= 0.7: empty vs {C} -> 0
+    assert flat == pytest.approx([1, 1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_empty_prediction_against_a_weak_minority():
+    # one voxel marked by 1 of 3 experts: truth non-empty for t <= 1/3, empty above
+    masks = votes([[1, 0], [0, 0]], n=3)
+    scores = threshold_dice(np.zeros((2, 2)), masks)
+    assert scores == pytest.approx([0, 0, 0, 1, 1, 1, 1, 1, 1])
+    assert case_score(np.zeros((2, 2)), masks) == pytest.approx(6 / 9)
+
+
+def test_all_masks_empty():
+    masks = np.zeros((3, 2, 2), dtype=bool)
+    assert case_score(np.zeros((2, 2)), masks) == 1.0
+    # predicting anything at all is wrong at every threshold it reaches
+    assert threshold_dice(np.full((2, 2), 0.45), masks) == pytest.approx([0, 0, 0, 0, 1, 1, 1, 1, 1])
+
+
+def test_all_wrong():
+    masks = stack([[1, 1], [0, 0]], [[1, 1], [0, 0]])
+    prediction = np.array([[0.0, 0.0], [1.0, 1.0]])
+    assert case_score(prediction, masks) == 0.0
+
+
+def test_uint8_masks_are_accepted():
+    masks = votes([[2, 0]], n=2).astype(np.uint8)
+    assert case_score(np.array([[1.0, 0.0]]), masks) == 1.0
+
+
+@pytest.mark.parametrize(
+    "prediction, masks, message",
+    [
+        (np.zeros((2, 2)), np.zeros((1, 2, 3), bool), "differs"),
+        (np.zeros((2, 2)), np.zeros((2, 2), bool), "stacked"),
+        (np.full((2, 2), 1.5), np.zeros((1, 2, 2), bool), r"\[0, 1\]"),
+        (np.full((2, 2), np.nan), np.zeros((1, 2, 2), bool), "NaN"),
+        (np.zeros((2, 2)), np.full((1, 2, 2), 255, np.uint8), "binary"),
+    ],
+)
+def test_bad_inputs(prediction, masks, message):
+    with pytest.raises(ValueError, match=message):
+        threshold_dice(prediction, masks)
+
+
+def test_score_cases_means():
+    masks = {"case01": votes([[1, 0]], n=1), "case02": votes([[1, 0]], n=1)}
+    predictions = {"case01": np.array([[1.0, 0.0]]), "case02": np.array([[0.0, 1.0]])}
+    result = score_cases(predictions, masks)
+    assert result["cases"] == ["case01", "case02"]
+    assert result["thresholds"] == list(THRESHOLDS)
+    assert result["per_case"] == {"case01": 1.0, "case02": 0.0}
+    assert result["per_threshold"] == [0.5] * 9
+    assert result["score"] == 0.5
+
+
+def test_score_cases_needs_the_same_cases():
+    with pytest.raises(ValueError, match="missing"):
+        score_cases({"case01": np.zeros((1, 1))}, {"case02": np.zeros((1, 1, 1), bool)})
