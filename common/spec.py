@@ -1,0 +1,141 @@
+"""A QUBIQ dataset and a training configuration, described once, as data.
+
+Each top-level script (``Kidney.py`` ...) builds one :class:`DatasetSpec` and one
+:class:`Settings` (the original study's values) and hands them to :func:`common.cli.main`.
+Nothing in ``common`` hard-codes a dataset's counts or the study's hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+class ConfigError(ValueError):
+    """A setting, option or dataset description that cannot work; the message names it."""
+
+
+SPLITS = ("train", "validation", "test")
+
+#: Folder names of the splits as distributed: ``<root>/<top>/<dataset>/[<inner>/]caseNN``.
+SPLIT_FOLDERS = {
+    "train": ("training_data_v2", "Training"),
+    "validation": ("validation_data_v2", "Validation"),
+    "test": ("test", "Testing"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the QUBIQ challenge says about one dataset.
+
+    Attributes:
+        name: the dataset's folder name in the QUBIQ layout (``"kidney"``).
+        title: a human-readable name for reports.
+        modality: ``"CT"`` or ``"MRI"``; CT images are in Hounsfield units.
+        channels: image channels (brain-tumor has 4 MRI sequences, last axis).
+        tasks: number of segmentation tasks (``taskTT`` in the mask file names).
+        experts: number of experts per task (``segEE``); a case may have fewer.
+        image_shape: the usual in-plane shape (rows, columns) of an image.
+        n_train, n_validation, n_test: cases per split as distributed.
+        n_held_out: training cases the study held out for scoring (the official
+            test set has no masks).
+        task_names: optional names of the tasks, for reports.
+    """
+
+    name: str
+    title: str
+    modality: str
+    channels: int
+    tasks: int
+    experts: int
+    image_shape: tuple[int, int]
+    n_train: int
+    n_validation: int
+    n_test: int
+    n_held_out: int
+    task_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("CT", "MRI"):
+            raise ConfigError(f"DatasetSpec {self.name!r}: modality must be 'CT' or 'MRI', got {self.modality!r}")
+        for attr in ("channels", "tasks", "experts", "n_train", "n_held_out"):
+            if getattr(self, attr) < 1:
+                raise ConfigError(f"DatasetSpec {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
+        if self.n_held_out >= self.n_train:
+            raise ConfigError(
+                f"DatasetSpec {self.name!r}: n_held_out ({self.n_held_out}) must be smaller than n_train ({self.n_train})"
+            )
+        if self.task_names and len(self.task_names) != self.tasks:
+            raise ConfigError(f"DatasetSpec {self.name!r}: {len(self.task_names)} task_names for {self.tasks} tasks")
+
+    @property
+    def valid_tasks(self) -> list[int]:
+        return list(range(1, self.tasks + 1))
+
+    def task_name(self, task: int) -> str:
+        return self.task_names[task - 1] if self.task_names else f"task{task:02d}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to train and preprocess: the network, the optimiser, the augmentation.
+
+    Attributes:
+        input_size: the network's square input size; images are resampled (when larger)
+            or padded (when smaller) to it, and predictions mapped back.
+        depth: number of poolings of the U-Net (the study: 5).
+        base_filters: filters of the first level, doubled at each pooling (the study: 16).
+        convlstm: ConvLSTM2D skip merge in the decoder (BCDU-Net design).
+        dropout: ``"spatial"``, ``"standard"`` or ``"none"``.
+        dropout_rate: rate of every dropout layer.
+        batch_norm: batch normalisation in the conv blocks.
+        batch_size, learning_rate, epochs: the optimiser (Adam) and its schedule.
+        ct_window: ``(low, high)`` in Hounsfield units applied before rescaling, or None.
+        rotation: maximal random rotation in degrees (0 disables).
+        shift: maximal random shift as a fraction of the size (0 disables).
+        flip: random horizontal flip.
+    """
+
+    input_size: int
+    depth: int = 5
+    base_filters: int = 16
+    convlstm: bool = False
+    dropout: str = "spatial"
+    dropout_rate: float = 0.5
+    batch_norm: bool = True
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    epochs: int = 500
+    ct_window: tuple[float, float] | None = None
+    rotation: float = 10.0
+    shift: float = 0.1
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dropout not in ("spatial", "standard", "none"):
+            raise ConfigError(f"dropout must be 'spatial', 'standard' or 'none', got {self.dropout!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        for attr in ("input_size", "depth", "base_filters", "batch_size", "epochs"):
+            if getattr(self, attr) < 1:
+                raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.input_size % (2**self.depth):
+            raise ConfigError(
+                f"input_size {self.input_size} is not divisible by 2**depth = {2**self.depth} "
+                f"(depth {self.depth}); choose a multiple of {2**self.depth}"
+            )
+        if self.ct_window is not None:
+            low, high = self.ct_window
+            if not low < high:
+                raise ConfigError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
