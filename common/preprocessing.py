@@ -1,0 +1,92 @@
+"""Intensities to 0..1 (with CT windowing) and the round trip between a case's grid and the network's.
+
+An image larger than the network's input is resampled (scikit-image, aspect ratio kept) so that it
+fits, then padded to the square input; a smaller one is only padded. :func:`from_input` undoes both,
+so that predictions are scored on the case's own grid against its original masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.transform import resize
+
+
+def apply_ct_window(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip Hounsfield units to ``window = (low, high)``; rescaling afterwards maps low..high to 0..1."""
+    low, high = window
+    if not low < high:
+        raise ValueError(f"CT window must be (low, high) with low < high, got {window}")
+    return np.clip(image, low, high)
+
+
+def rescale_intensity(image: np.ndarray) -> np.ndarray:
+    """Each channel of ``(rows, cols, channels)`` min-max scaled to 0..1 (a constant channel gives 0)."""
+    image = image.astype(np.float32, copy=False)
+    low = image.min(axis=(0, 1), keepdims=True)
+    span = image.max(axis=(0, 1), keepdims=True) - low
+    return np.where(span > 0, (image - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def normalise_image(image: np.ndarray, ct_window: tuple[float, float] | None = None) -> np.ndarray:
+    """The study's intensity preprocessing: optional CT window (in HU), then 0..1 per channel."""
+    if ct_window is not None:
+        image = apply_ct_window(image, ct_window)
+    return rescale_intensity(image)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a case's grid sits in the network's square input: resized to ``resized``, at ``offset``."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+    size: int
+
+    @classmethod
+    def fit(cls, shape: tuple[int, int], size: int) -> "Geometry":
+        rows, cols = int(shape[0]), int(shape[1])
+        scale = min(1.0, size / max(rows, cols))
+        resized = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+        offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
+        return cls(original=(rows, cols), resized=resized, offset=offset, size=size)
+
+    @property
+    def resamples(self) -> bool:
+        return self.resized != self.original
+
+    def _window(self) -> tuple[slice, slice]:
+        (top, left), (rows, cols) = self.offset, self.resized
+        return slice(top, top + rows), slice(left, left + cols)
+
+
+def to_input(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Bring ``(rows, cols, channels)`` float data onto the network's ``(size, size, channels)`` grid."""
+    if array.shape[:2] != geometry.original:
+        raise ValueError(f"array of shape {array.shape[:2]} does not match the geometry's {geometry.original}")
+    if geometry.resamples:
+        array = resize(array, (*geometry.resized, array.shape[2]), order=1, anti_aliasing=True, preserve_range=True)
+    out = np.zeros((geometry.size, geometry.size, array.shape[2]), dtype=np.float32)
+    out[geometry._window()] = array
+    return out
+
+
+def mask_to_input(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A boolean ``(rows, cols)`` mask on the network's grid as float32 0/1 ``(size, size, 1)``."""
+    resampled = to_input(mask[..., np.newaxis].astype(np.float32), geometry)
+    return (resampled >= 0.5).astype(np.float32)
+
+
+def from_input(prediction: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A ``(size, size[, 1])`` probability map back on the case's ``(rows, cols)`` grid, in 0..1."""
+    prediction = np.asarray(prediction, dtype=np.float32)
+    if prediction.ndim == 3:
+        prediction = prediction[..., 0]
+    if prediction.shape != (geometry.size, geometry.size):
+        raise ValueError(f"prediction of shape {prediction.shape} is not the input size {geometry.size}")
+    cropped = prediction[geometry._window()]
+    if geometry.resamples:
+        cropped = resize(cropped, geometry.original, order=1, anti_aliasing=False, preserve_range=True)
+    return np.clip(cropped, 0.0, 1.0).astype(np.float32)
