@@ -1,0 +1,79 @@
+"""What a run prints and writes: the Dice table, ``results.json``, ``dice_matrix.csv``, ``config.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.scoring import THRESHOLDS
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a truncated file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def versions() -> dict[str, str]:
+    """Versions worth recording next to results."""
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("numpy", "tensorflow", "keras", "nibabel", "skimage"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", "unknown")
+    return found
+
+
+def dice_matrix_csv(scores: dict) -> str:
+    """Held-out cases x thresholds, a per-case mean column and a final ``mean`` row."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["case", *[f"t={t:.1f}" for t in THRESHOLDS], "mean"])
+    for case_id, row in zip(scores["cases"], scores["dice"]):
+        writer.writerow([case_id, *[f"{v:.6f}" for v in row], f"{np.mean(row):.6f}"])
+    writer.writerow(["mean", *[f"{v:.6f}" for v in scores["per_threshold"]], f"{scores['score']:.6f}"])
+    return out.getvalue()
+
+
+def format_table(title: str, ensemble: dict, experts: dict[str, dict]) -> str:
+    """The printed report; its last line is the overall score."""
+    case_width = max(8, *(len(c) for c in ensemble["cases"]))
+    header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
+    rule = "-" * len(header)
+    lines = [title, "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):", rule, header, rule]
+    for case_id, row in zip(ensemble["cases"], ensemble["dice"]):
+        lines.append(f"{case_id:<{case_width}} " + " ".join(f"{v:5.3f}" for v in row) + f"  {np.mean(row):5.3f}")
+    lines.append(rule)
+    lines.append(
+        f"{'mean':<{case_width}} " + " ".join(f"{v:5.3f}" for v in ensemble["per_threshold"]) + f"  {ensemble['score']:5.3f}"
+    )
+    lines.append("")
+    lines.append("Each expert's own network against the consensus:")
+    for name, result in experts.items():
+        lines.append(f"  {name}: {result['score']:.4f}")
+    lines.append("")
+    lines.append(f"QUBIQ score (ensemble of {len(experts)} expert network(s)): {ensemble['score']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""The dataset scripts' command line: help, overrides, and refusals with a clear message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import Prostate
+from common.cli import build_parser, resolve_data_root, resolve_settings
+from common.spec import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "Prostate.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_invalid_task_lists_the_valid_ones(tmp_path):
+    result = run_script("--task", "3", "--data-root", str(tmp_path))
+    assert result.returncode == 2
+    assert "task 3 does not exist for prostate; valid tasks: 1, 2" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_missing_data_root(tmp_path):
+    result = run_script("--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "nowhere does not exist" in result.stderr and "--data-root" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_expert(tmp_path):
+    result = run_script("--experts", "1,9", "--data-root", str(tmp_path))
+    assert result.returncode == 2 and "valid experts: 1, 2, 3, 4, 5, 6" in result.stderr
+
+
+def test_help_shows_defaults():
+    result = run_script("-h")
+    assert result.returncode == 0
+    for flag in ("--task", "--data-root", "--demo", "--experts", "--epochs", "--batch-size", "--image-size",
+                 "--seed", "--out"):
+        assert flag in result.stdout
+    assert "default: 200; 25 with --demo" in " ".join(result.stdout.split())
+
+
+def parse(*argv):
+    parser = build_parser(Prostate.DATASET, Prostate.STUDY, Prostate.DEMO, Prostate.task)
+    return parser.parse_args(list(argv))
+
+
+def test_presets_and_overrides():
+    assert resolve_settings(parse(), Prostate.STUDY, Prostate.DEMO) == Prostate.STUDY
+    assert resolve_settings(parse("--demo"), Prostate.STUDY, Prostate.DEMO) == Prostate.DEMO
+    settings = resolve_settings(parse("--demo", "--epochs", "3", "--image-size", "64", "--batch-size", "2"),
+                                Prostate.STUDY, Prostate.DEMO)
+    assert (settings.epochs, settings.input_size, settings.batch_size) == (3, 64, 2)
+    assert settings.convlstm == Prostate.STUDY.convlstm
+
+
+def test_image_size_must_suit_the_depth():
+    with pytest.raises(ConfigError, match="--image-size 100 is not divisible by 2\\*\\*depth = 32"):
+        resolve_settings(parse("--image-size", "100"), Prostate.STUDY, Prostate.DEMO)
+
+
+def test_data_root_resolution(monkeypatch):
+    monkeypatch.delenv("QUBIQ_DATA", raising=False)
+    assert resolve_data_root(parse()) == Path("Project_data")
+    assert resolve_data_root(parse("--demo", "--seed", "4")) == Path("demo_data/seed4")
+    monkeypatch.setenv("QUBIQ_DATA", "/data/qubiq")
+    assert resolve_data_root(parse()) == Path("/data/qubiq")
+    assert resolve_data_root(parse("--data-root", "x")) == Path("x")
+
+
+@pytest.mark.parametrize("bad", ["--experts=a,b", "--epochs=0", "--batch-size=-1"])
+def test_malformed_options(bad):
+    result = run_script(bad)
+    assert result.returncode == 2 and bad.split("=")[0] in result.stderr

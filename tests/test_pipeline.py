@@ -1,0 +1,108 @@
+"""run_task on a tiny hand-made QUBIQ tree: splits, a missing expert, the run folder, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import write_case
+
+from common.data import DataError
+from common.pipeline import check_experts, check_task, choose_held_out, new_run_dir, run_task
+from common.spec import ConfigError, DatasetSpec, Settings
+
+SPEC = DatasetSpec(name="toy", title="Toy", modality="MRI", channels=1, tasks=1, experts=2, image_shape=(20, 24),
+                   n_train=5, n_validation=2, n_test=1, n_held_out=2)
+TINY = Settings(input_size=16, depth=2, base_filters=4, batch_size=2, learning_rate=1e-3, epochs=2)
+
+
+def toy_case(rng, grow):
+    image = rng.normal(0, 0.1, (20, 24)).astype(np.float32)
+    top, left = rng.integers(3, 8), rng.integers(3, 10)
+    image[top : top + 8, left : left + 8] += 1
+    masks = {}
+    for expert in (1, 2):
+        mask = np.zeros((20, 24), np.uint8)
+        g = grow if expert == 2 else 0
+        mask[top - g : top + 8 + g, left - g : left + 8 + g] = 1
+        masks[(1, expert)] = mask
+    return image, masks
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qubiq")
+    rng = np.random.default_rng(0)
+    for number in range(1, 6):
+        image, masks = toy_case(rng, grow=1)
+        if number == 3:
+            del masks[(1, 2)]  # expert 2 did not annotate case03
+        write_case(root / "training_data_v2" / "toy" / "Training" / f"case{number:02d}", image, masks)
+    for number in (6, 7):
+        image, masks = toy_case(rng, grow=1)
+        write_case(root / "validation_data_v2" / "toy" / "Validation" / f"case{number:02d}", image, masks)
+    return root
+
+
+def test_run_task_end_to_end(toy_root, tmp_path):
+    lines = []
+    results = run_task(SPEC, TINY, 1, toy_root, seed=3, out=tmp_path / "run", verbose=0, log=lines.append)
+    run = tmp_path / "run"
+    for name in ("config.json", "results.json", "dice_matrix.csv", "experts/seg01/model.keras",
+                 "experts/seg01/training_log.csv", "experts/seg02/model.keras", "experts/seg02/training_log.csv"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    split = config["split"]
+    held = set(split["held_out"])
+    assert len(held) == 2 and held == set(results["cases"])
+    for expert, parts in split["per_expert"].items():
+        assert not held & set(parts["train"]) and not held & set(parts["validation"]), expert
+    if "case03" not in held:  # expert 2 lacks case03: left out of its training only
+        assert "case03" in split["per_expert"]["seg01"]["train"]
+        assert "case03" not in split["per_expert"]["seg02"]["train"]
+    assert config["settings"]["input_size"] == 16 and config["versions"]["tensorflow"]
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["score"] == pytest.approx(results["score"])
+    assert 0 <= saved["score"] <= 1
+    assert set(saved["per_expert"]) == {"seg01", "seg02"}
+    assert len(saved["per_threshold"]) == 9
+    assert saved["score"] == pytest.approx(np.mean(saved["dice"]))
+    csv_lines = (run / "dice_matrix.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("case,t=0.1") and csv_lines[-1].startswith("mean,")
+    assert len(csv_lines) == 2 + 2
+    last = lines[-1].splitlines()[-1]
+    assert last.startswith("QUBIQ score") and f"{results['score']:.4f}" in last
+    assert any("[expert 2/2] seg02: done" in line for line in lines)
+
+
+def test_refuses_a_non_empty_out_folder(toy_root, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_task(SPEC, TINY, 1, toy_root, out=tmp_path / "run", verbose=0, log=lambda _: None)
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_new_run_dir_never_reuses(tmp_path):
+    base = tmp_path / "kidney-task1-x"
+    base.mkdir()
+    (tmp_path / "kidney-task1-x-2").mkdir()
+    assert new_run_dir(base) == tmp_path / "kidney-task1-x-3"
+
+
+def test_held_out_follows_the_seed():
+    ids = [f"case{i:02d}" for i in range(1, 21)]
+    assert choose_held_out(ids, 4, seed=0) == choose_held_out(ids, 4, seed=0)
+    assert choose_held_out(ids, 4, seed=0) != choose_held_out(ids, 4, seed=1)
+    with pytest.raises(DataError, match="cannot hold out 20 of 20"):
+        choose_held_out(ids, 20, seed=0)
+
+
+def test_task_and_expert_checks():
+    prostate = DatasetSpec(name="prostate", title="P", modality="MRI", channels=1, tasks=2, experts=6,
+                           image_shape=(640, 640), n_train=48, n_validation=7, n_test=13, n_held_out=7)
+    with pytest.raises(ConfigError, match="task 3 does not exist for prostate; valid tasks: 1, 2"):
+        check_task(prostate, 3)
+    with pytest.raises(ConfigError, match="expert.* 7 do not exist.*valid experts: 1, 2, 3, 4, 5, 6"):
+        check_experts(prostate, [1, 7])
+    assert check_experts(prostate, [3, 1, 3]) == [1, 3]
+    assert check_experts(prostate, None) == [1, 2, 3, 4, 5, 6]
