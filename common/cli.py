@@ -23,14 +23,19 @@ def parse_experts(text: str) -> list[int]:
     return experts
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) -> argparse.ArgumentParser:
@@ -51,14 +56,14 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
                         help="generate (once) a synthetic dataset in the QUBIQ layout and use CPU-sized defaults")
     parser.add_argument("--experts", type=parse_experts, default=None,
                         help=f"experts to train, e.g. 1,3 (default: all {spec.experts})")
-    parser.add_argument("--epochs", type=positive_int, default=None,
+    parser.add_argument("--epochs", type=int_at_least(1), default=None,
                         help=f"training epochs per expert (default: {study.epochs}; {demo.epochs} with --demo)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
+    parser.add_argument("--batch-size", type=int_at_least(1), default=None,
                         help=f"batch size (default: {study.batch_size}; {demo.batch_size} with --demo)")
-    parser.add_argument("--image-size", type=positive_int, default=None,
+    parser.add_argument("--image-size", type=int_at_least(1), default=None,
                         help=f"network input size in pixels, a multiple of 2**depth "
                         f"(default: {study.input_size}; {demo.input_size} with --demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the demo data, initialisation and augmentation")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seeds the split, the demo data, initialisation and augmentation")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder to create (default: runs/<dataset>-task<N>-<time>); never overwritten")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
@@ -105,10 +110,10 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         settings = resolve_settings(args, study, demo)
         data_root = resolve_data_root(args)
         if args.demo:
-            from common.demo import ensure_demo_dataset
+            from common.demo import ensure_demo_data
 
-            print(f"demo data: {data_root} (generated once from seed {args.seed})")
-            ensure_demo_dataset(spec, data_root, args.seed)
+            print(f"demo data: {data_root} (all four datasets, generated once from seed {args.seed})")
+            ensure_demo_data(data_root, args.seed, extra=spec)
         from common.pipeline import run_task
 
         return run_task(

@@ -137,6 +137,7 @@ def build_unet(
                 3,
                 padding="same",
                 return_sequences=False,
+                unroll=True,  # two steps: an unrolled loop traces faster than a while loop
                 kernel_initializer="he_normal",
                 name=f"{prefix}_convlstm",
             )(x)

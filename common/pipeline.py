@@ -116,6 +116,14 @@ def stack_for_expert(cases: list[PreparedCase], expert: int) -> tuple[np.ndarray
     return np.stack([c.image for c in chosen]), np.stack([c.masks[expert] for c in chosen])
 
 
+def reference_scores(truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """What trivial predictions score on the same cases: a floor any trained model must clear."""
+    return {
+        "all_background": score_cases({c: np.zeros(m.shape[1:]) for c, m in truth.items()}, truth)["score"],
+        "all_foreground": score_cases({c: np.ones(m.shape[1:]) for c, m in truth.items()}, truth)["score"],
+    }
+
+
 @dataclass
 class Split:
     train: list[str]
@@ -207,6 +215,7 @@ def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, 
     ensemble = average_maps(list(maps.values()))
     ensemble_scores = score_cases(ensemble, truth)
     expert_scores = {name: score_cases(m, truth) for name, m in maps.items()}
+    references = reference_scores(truth)
 
     config["split"] = split.to_dict()
     write_json(run_dir / "config.json", config)
@@ -232,11 +241,12 @@ def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, 
             for name, s in expert_scores.items()
         },
         "experts_in_ensemble": list(maps),
+        "reference_scores": references,
         "training_seconds": time.perf_counter() - started,
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
     write_atomic(run_dir / "dice_matrix.csv", dice_matrix_csv(ensemble_scores))
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(held_out)} held-out cases"
-    log(format_table(title, ensemble_scores, expert_scores))
+    log(format_table(title, ensemble_scores, expert_scores, references))
     return results

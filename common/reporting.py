@@ -58,7 +58,7 @@ def dice_matrix_csv(scores: dict) -> str:
     return out.getvalue()
 
 
-def format_table(title: str, ensemble: dict, experts: dict[str, dict]) -> str:
+def format_table(title: str, ensemble: dict, experts: dict[str, dict], references: dict[str, float]) -> str:
     """The printed report; its last line is the overall score."""
     case_width = max(8, *(len(c) for c in ensemble["cases"]))
     header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
@@ -74,6 +74,8 @@ def format_table(title: str, ensemble: dict, experts: dict[str, dict]) -> str:
     lines.append("Each expert's own network against the consensus:")
     for name, result in experts.items():
         lines.append(f"  {name}: {result['score']:.4f}")
+    lines.append("Trivial predictions on the same cases, for reference: "
+                 + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items()))
     lines.append("")
     lines.append(f"QUBIQ score (ensemble of {len(experts)} expert network(s)): {ensemble['score']:.4f}")
     return "\n".join(lines)

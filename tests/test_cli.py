@@ -43,7 +43,7 @@ def test_help_shows_defaults():
     for flag in ("--task", "--data-root", "--demo", "--experts", "--epochs", "--batch-size", "--image-size",
                  "--seed", "--out"):
         assert flag in result.stdout
-    assert "default: 200; 25 with --demo" in " ".join(result.stdout.split())
+    assert f"default: {Prostate.STUDY.epochs}; {Prostate.DEMO.epochs} with --demo" in " ".join(result.stdout.split())
 
 
 def parse(*argv):
