@@ -39,7 +39,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _check(prediction: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    prediction = np.asarray(prediction)
+    # float64 whatever the input: numpy compares float32 with a Python float in float32, which would
+    # make the result depend on how a map was stored
+    prediction = np.asarray(prediction, dtype=np.float64)
     masks = np.asarray(masks)
     if masks.ndim != prediction.ndim + 1 or masks.shape[0] < 1:
         raise ValueError(
@@ -105,7 +107,7 @@ def score_cases(predictions: dict[str, np.ndarray], masks: dict[str, np.ndarray]
         "cases": case_ids,
         "thresholds": list(THRESHOLDS),
         "dice": matrix.tolist(),
-        "per_case": dict(zip(case_ids, matrix.mean(axis=1).tolist())),
+        "per_case": dict(zip(case_ids, matrix.mean(axis=1).tolist(), strict=True)),
         "per_threshold": matrix.mean(axis=0).tolist(),
         "score": float(matrix.mean()),
     }

@@ -129,3 +129,14 @@ def test_score_cases_means():
 def test_score_cases_needs_the_same_cases():
     with pytest.raises(ValueError, match="missing"):
         score_cases({"case01": np.zeros((1, 1))}, {"case02": np.zeros((1, 1, 1), bool)})
+
+
+def test_float32_and_float64_copies_score_identically():
+    # float32(j/10 - 1e-6) lies just below the float64 threshold for j = 3, 4, 5, 7, 8: numpy 2 compares a
+    # float32 array with a Python float in float32 (True) but its float64 copy in float64 (False)
+    near = np.array([[np.float32(j / 10 - 1e-6) for j in range(1, 10)]], dtype=np.float32)
+    assert (near >= 0.5 - 1e-6)[0, 4] and not (near.astype(np.float64) >= 0.5 - 1e-6)[0, 4]
+    masks = votes([[1, 1, 1, 0, 0, 0, 1, 0, 1]], n=1)
+    as32 = threshold_dice(near, masks)
+    assert np.array_equal(as32, threshold_dice(near.astype(np.float64), masks))
+    assert case_score(near, masks) == case_score(near.astype(np.float64), masks)

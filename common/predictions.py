@@ -1,0 +1,157 @@
+"""Probability maps as NIfTI files in a QUBIQ-like layout (numpy and nibabel only, no TensorFlow).
+
+::
+
+    <pred_root>/<dataset>/<case>/taskTT.nii.gz                      the ensemble's map of task TT
+    <pred_root>/<dataset>/<case>/experts/taskTT_segEE.nii.gz        expert EE's network's map
+
+Maps are float32 in [0, 1] on the case's own grid and reuse the image's affine and header, so that they
+overlay the image in any viewer, and they are stored unscaled, so that reading one back gives exactly
+the values written (and therefore exactly the same score).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from common.data import DataError, _natural_key, _read_nifti
+
+EXPERTS_SUBFOLDER = "experts"
+ENSEMBLE_PATTERN = re.compile(r"^task(\d+)\.nii(\.gz)?$")
+
+
+def prediction_path(pred_root: Path, dataset: str, case_id: str, task: int, expert: int | None = None) -> Path:
+    """Where a case's map goes: the ensemble's (``expert=None``) or one expert's network's."""
+    folder = Path(pred_root) / dataset / case_id
+    if expert is None:
+        return folder / f"task{task:02d}.nii.gz"
+    return folder / EXPERTS_SUBFOLDER / f"task{task:02d}_seg{expert:02d}.nii.gz"
+
+
+def _nifti_suffix(path: Path) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if path.name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{path}: a prediction file must end in .nii.gz or .nii")
+
+
+def written_shape(reference_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The stored shape of a map for an image of ``reference_shape``.
+
+    ``(rows, cols)`` stays 2D; trailing singleton axes (``640 x 640 x 1``) are kept, so the map has the
+    image's shape; channels last (``240 x 240 x 4``) give a 2D map.
+    """
+    if len(reference_shape) < 2:
+        raise ValueError(f"reference image of shape {reference_shape} is not an image (need rows x cols)")
+    if all(size == 1 for size in reference_shape[2:]):
+        return tuple(reference_shape)
+    return tuple(reference_shape[:2])
+
+
+def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1Image) -> Path:
+    """Write a ``(rows, cols)`` probability map as float32 with the reference image's affine and header.
+
+    Args:
+        path: the file to (re)place, ``.nii.gz`` or ``.nii``; its folders are created.
+        probability: finite values in [0, 1] on the reference image's grid.
+        reference: the case's image (e.g. ``nib.load(image_path)``): its affine and a copy of its header
+            are reused, with the data shape and dtype updated, scaling reset (values stored as-is) and
+            the display range set to 0..1.
+
+    The map keeps a trailing singleton axis when the image has one; a multi-channel image's map is 2D
+    (see :func:`written_shape`). Written to a temporary file in the same folder and renamed over
+    ``path``, so an interruption leaves the old file or the new one, never a truncated one.
+
+    Raises:
+        ValueError: the map does not match the image's grid, or holds values outside [0, 1] or NaN.
+    """
+    path = Path(path)
+    suffix = _nifti_suffix(path)
+    probability = np.asarray(probability)
+    grid = tuple(reference.shape[:2])
+    out_shape = written_shape(tuple(reference.shape))
+    if probability.shape != grid:
+        raise ValueError(
+            f"{path}: probability map of shape {probability.shape} does not match the image's grid {grid} "
+            f"(image shape {tuple(reference.shape)})"
+        )
+    if not np.isfinite(probability).all():
+        bad = int((~np.isfinite(probability)).sum())
+        raise ValueError(f"{path}: probability map holds {bad} NaN or infinite values")
+    if probability.size and (probability.min() < 0 or probability.max() > 1):
+        raise ValueError(
+            f"{path}: probability map must be within [0, 1]; found values in "
+            f"[{probability.min():g}, {probability.max():g}]"
+        )
+
+    image_class = type(reference) if isinstance(reference, nib.Nifti1Image) else nib.Nifti1Image
+    header = image_class.header_class.from_header(reference.header)  # a copy, also from a non-NIfTI image
+    pixdim = header["pixdim"].copy()
+    header.set_data_shape(out_shape)
+    header["pixdim"] = pixdim  # set_data_shape resets the unused voxel sizes, which the qform still reads
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(None, None)  # stored as-is: what is read back is what was written
+    header["cal_min"], header["cal_max"] = 0.0, 1.0  # the display range of a probability, not the image's
+    affine = reference.affine if reference.affine is not None else reference.header.get_best_affine()
+    image = image_class(probability.astype(np.float32).reshape(out_shape), affine, header)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_prediction(path: Path) -> np.ndarray:
+    """A probability map as float32 ``(rows, cols)``; trailing singleton axes are dropped.
+
+    Raises:
+        DataError: the file cannot be read, or is not a 2D map; the message names the file.
+    """
+    array, _ = _read_nifti(path)
+    shape = array.shape
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise DataError(f"{path}: expected a 2D probability map (rows x cols, or rows x cols x 1), got shape {shape}")
+    return array.astype(np.float32, copy=False)
+
+
+def find_predictions(pred_dir: Path, dataset: str, task: int) -> dict[str, Path]:
+    """Case id -> the ensemble map of ``task`` (``<case>/taskTT.nii.gz``), sorted by case id.
+
+    ``pred_dir`` is either the root holding ``<dataset>/`` (a run's ``predictions/`` folder) or the
+    ``<dataset>`` folder itself.
+
+    Raises:
+        DataError: the folder does not exist or holds no map of ``task``; a case has two (``.nii`` and
+            ``.nii.gz``).
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder {pred_dir} does not exist")
+    folder = pred_dir / dataset if (pred_dir / dataset).is_dir() else pred_dir
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*/task*.nii*")):
+        match = ENSEMBLE_PATTERN.match(path.name)
+        if not match or int(match.group(1)) != task:
+            continue
+        case_id = path.parent.name
+        if case_id in found:
+            raise DataError(f"case {case_id} has two maps of task {task}: {found[case_id]} and {path}")
+        found[case_id] = path
+    if not found:
+        raise DataError(
+            f"no prediction of task {task} in {folder}: expected {folder}/<case>/task{task:02d}.nii.gz "
+            f"(or {pred_dir}/{dataset}/<case>/task{task:02d}.nii.gz)"
+        )
+    return dict(sorted(found.items(), key=lambda item: _natural_key(item[0])))
