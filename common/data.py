@@ -8,6 +8,7 @@ case folder, never by sorted position across folders.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,10 @@ MASK_PATTERN = re.compile(r"^task(\d+)_seg(\d+)\.nii(\.gz)?$")
 
 class DataError(ValueError):
     """A problem with the data on disk; the message names the file or folder."""
+
+
+class MaskValueWarning(UserWarning):
+    """A mask whose on-value is not 1 (it is still binarised as nonzero)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ def discover_cases(root: Path, dataset: str, split: str) -> list[Case]:
             f"data root {root} does not exist; pass --data-root (or set QUBIQ_DATA) to the folder that holds "
             f"training_data_v2/, validation_data_v2/ and test/, or use --demo"
         )
+    if not any(root.iterdir()):
+        raise DataError(
+            f"data root {root} is empty; expected training_data_v2/, validation_data_v2/ and test/ "
+            f"as distributed by QUBIQ (or use --demo)"
+        )
     folder = dataset_folder(root, dataset, split)
     if not folder.is_dir():
         raise DataError(f"no {split} data for {dataset}: folder {folder} does not exist")
@@ -78,6 +88,14 @@ def discover_cases(root: Path, dataset: str, split: str) -> list[Case]:
             if match:
                 masks[(int(match.group(1)), int(match.group(2)))] = path
         cases.append(Case(case_id=case_id, split=split, folder=case_folder, masks=masks))
+    orphans = sorted(
+        {p.parent for p in folder.rglob("task*_seg*.nii*") if MASK_PATTERN.match(p.name)} - set(seen.values())
+    )
+    if orphans:
+        raise DataError(
+            f"case folder {orphans[0]} has masks but no {IMAGE_NAME}"
+            + (f" (and {len(orphans) - 1} more such folder(s))" if len(orphans) > 1 else "")
+        )
     if not cases:
         raise DataError(f"no case found in {folder}: expected case folders holding {IMAGE_NAME}")
     return sorted(cases, key=lambda c: _natural_key(c.case_id))
@@ -111,11 +129,27 @@ def load_image(path: Path, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """A mask as boolean ``(rows, cols)``: nonzero is foreground, whatever the dtype and on-value."""
+    """A mask as boolean ``(rows, cols)``: nonzero is foreground, whatever the dtype.
+
+    A mask must hold two values at most, background 0 and one on-value: 0/1 is silent; another
+    on-value (e.g. 0/255) is accepted with a warning naming the file; three or more values (a label map,
+    a soft or resampled mask) are refused, since no threshold is obviously right for them.
+    """
     array, _ = _read_nifti(path)
     array = _to_2d(array, path, 1)[..., 0]
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: mask has NaN or infinite voxels")
+    values = np.unique(array)
+    nonzero = values[values != 0]
+    if len(nonzero) > 1:
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise DataError(f"{path}: expected a binary mask (0 and one on-value), found {len(values)} values: {shown}")
+    if len(nonzero) == 1 and nonzero[0] != 1:
+        warnings.warn(
+            f"{path}: mask on-value is {nonzero[0]:g}, not 1; treating every nonzero voxel as foreground",
+            MaskValueWarning,
+            stacklevel=2,
+        )
     return array != 0
 
 

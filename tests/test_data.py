@@ -4,13 +4,35 @@ import numpy as np
 import pytest
 from helpers import write_case, write_nifti
 
-from common.data import DataError, discover_cases, load_case, load_image, load_mask
+from common.data import DataError, MaskValueWarning, discover_cases, load_case, load_image, load_mask
 from common.spec import DatasetSpec
 
-SPEC = DatasetSpec(name="toy", title="Toy", modality="MRI", channels=1, tasks=2, experts=3, image_shape=(4, 5),
-                   n_train=3, n_validation=1, n_test=1, n_held_out=1)
-SPEC4 = DatasetSpec(name="toy4", title="Toy 4", modality="MRI", channels=4, tasks=1, experts=2, image_shape=(4, 5),
-                    n_train=2, n_validation=1, n_test=1, n_held_out=1)
+SPEC = DatasetSpec(
+    name="toy",
+    title="Toy",
+    modality="MRI",
+    channels=1,
+    tasks=2,
+    experts=3,
+    image_shape=(4, 5),
+    n_train=3,
+    n_validation=1,
+    n_test=1,
+    n_held_out=1,
+)
+SPEC4 = DatasetSpec(
+    name="toy4",
+    title="Toy 4",
+    modality="MRI",
+    channels=4,
+    tasks=1,
+    experts=2,
+    image_shape=(4, 5),
+    n_train=2,
+    n_validation=1,
+    n_test=1,
+    n_held_out=1,
+)
 
 
 def square(value=1, shape=(4, 5), dtype=np.uint8):
@@ -55,7 +77,6 @@ def test_missing_expert_is_simply_absent(tmp_path):
     [
         (square(1, (4, 5), np.uint8), np.uint8),
         (square(1.0, (4, 5), np.float32), np.float32),
-        (square(255, (4, 5), np.uint8), np.uint8),  # another on-value: still foreground, no division by max
         (square(1, (4, 5), np.uint8)[..., None], np.uint8),  # trailing singleton axis
     ],
 )
@@ -114,6 +135,9 @@ def test_mask_shape_mismatch_names_both(tmp_path):
 def test_missing_root_and_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist.*--data-root"):
         discover_cases(tmp_path / "nowhere", "toy", "train")
+    with pytest.raises(DataError, match="is empty; expected training_data_v2/"):
+        discover_cases(tmp_path, "toy", "train")
+    (tmp_path / "training_data_v2" / "other").mkdir(parents=True)
     with pytest.raises(DataError, match="training_data_v2/toy"):
         discover_cases(tmp_path, "toy", "train")
     (tmp_path / "training_data_v2" / "toy").mkdir(parents=True)
@@ -127,3 +151,38 @@ def test_corrupt_file_names_itself(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="image.nii.gz"):
         load_image(path, 1)
+
+
+def test_other_on_value_warns_and_is_foreground(tmp_path):
+    path = write_nifti(tmp_path / "task01_seg02.nii.gz", square(255))
+    with pytest.warns(MaskValueWarning, match=r"task01_seg02.*on-value is 255"):
+        mask = load_mask(path)
+    assert np.array_equal(mask, square(1).astype(bool))  # no division by the maximum
+
+
+@pytest.mark.parametrize("values", [[0, 1, 2], [0.0, 0.5, 1.0]])
+def test_non_binary_mask_is_refused(tmp_path, values):
+    mask = np.zeros((4, 5), np.float32)
+    mask[0, : len(values)] = values
+    path = write_nifti(tmp_path / "task01_seg01.nii.gz", mask)
+    with pytest.raises(DataError, match=r"task01_seg01.*expected a binary mask.*3 values"):
+        load_mask(path)
+
+
+def test_nan_voxels_are_refused(tmp_path):
+    image = np.zeros((4, 5), np.float32)
+    image[1, 1] = np.nan
+    with pytest.raises(DataError, match=r"i\.nii\.gz: image has 1 NaN"):
+        load_image(write_nifti(tmp_path / "i.nii.gz", image), 1)
+    mask = np.zeros((4, 5), np.float32)
+    mask[0, 0] = np.inf
+    with pytest.raises(DataError, match=r"m\.nii\.gz: mask has NaN"):
+        load_mask(write_nifti(tmp_path / "m.nii.gz", mask))
+
+
+def test_case_without_image_is_named(tmp_path):
+    base = tmp_path / "training_data_v2" / "toy" / "Training"
+    write_case(base / "case01", np.zeros((4, 5)), {(1, 1): square()})
+    write_nifti(base / "case02" / "task01_seg01.nii.gz", square())
+    with pytest.raises(DataError, match=r"case02 has masks but no image\.nii\.gz"):
+        discover_cases(tmp_path, "toy", "train")
