@@ -7,17 +7,19 @@ its arguments (see :mod:`common.cli`).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import nibabel as nib
 import numpy as np
 
 from common.data import Case, DataError, LoadedCase, discover_cases, load_case
-from common.ensemble import average_maps
+from common.ensemble import MapAverager
 from common.preprocessing import Geometry, from_input, mask_to_input, normalise_image, to_input
-from common.reporting import dice_matrix_csv, format_table, versions, write_atomic, write_json
+from common.reporting import RunLog, dice_matrix_csv, format_table, versions, write_atomic, write_json
 from common.scoring import score_cases
 from common.spec import ConfigError, DatasetSpec, Settings
 
@@ -77,7 +79,9 @@ def default_run_dir(spec: DatasetSpec, task: int) -> Path:
 def prepare_run_dir(out: Path | None, spec: DatasetSpec, task: int) -> Path:
     """Create the run folder before any work, so an unwritable location fails at once."""
     if out is not None and out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} exists and is not empty; choose another --out (runs are never overwritten)")
+        raise FileExistsError(
+            f"output folder {out} exists and is not empty; choose another --out (runs are never overwritten)"
+        )
     run_dir = out if out is not None else new_run_dir(default_run_dir(spec, task))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,14 +102,19 @@ class PreparedCase:
     masks: dict[int, np.ndarray]  # expert -> (S, S, 1) float32 0/1
     geometry: Geometry
     original_masks: np.ndarray | None = None  # (experts, rows, cols) bool, kept for scored cases only
+    original_image: np.ndarray | None = None  # (rows, cols, channels) in 0..1, kept for scored cases only
+    original_experts: list[int] = field(default_factory=list)  # the experts of original_masks, in order
 
 
 def prepare_case(loaded: LoadedCase, settings: Settings, keep_original: bool) -> PreparedCase:
     geometry = Geometry.fit(loaded.shape, settings.input_size)
-    image = to_input(normalise_image(loaded.image, settings.ct_window), geometry)
+    normalised = normalise_image(loaded.image, settings.ct_window)
+    image = to_input(normalised, geometry)
     masks = {e: mask_to_input(m, geometry) for e, m in loaded.masks.items()}
-    original = loaded.mask_stack() if keep_original and loaded.masks else None
-    return PreparedCase(loaded.case, image, masks, geometry, original)
+    if not keep_original:
+        return PreparedCase(loaded.case, image, masks, geometry)
+    original = loaded.mask_stack() if loaded.masks else None
+    return PreparedCase(loaded.case, image, masks, geometry, original, normalised, sorted(loaded.masks))
 
 
 def stack_for_expert(cases: list[PreparedCase], expert: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -132,14 +141,67 @@ class Split:
     per_expert: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"train": self.train, "validation": self.validation, "held_out": self.held_out,
-                "per_expert": self.per_expert}
+        return {
+            "train": self.train,
+            "validation": self.validation,
+            "held_out": self.held_out,
+            "per_expert": self.per_expert,
+        }
 
 
-def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, *, experts: list[int] | None = None,
-             seed: int = 0, out: Path | None = None, verbose: int = 2, log: Callable[[str], None] = print,
-             extra_config: dict | None = None) -> dict:
+RESULT_FILE = "result.json"
+PREDICTIONS_FOLDER = "predictions"
+PLOTS_FOLDER = "plots"
+#: config.json entries that must agree for a run folder to be resumed.
+RESUME_KEYS = ("dataset", "task", "experts", "seed", "settings", "data_root", "split_seeded")
+
+
+def open_run_dir(out: Path | None, spec: DatasetSpec, task: int, resume: bool) -> Path:
+    """The run folder: a new one, or with ``resume`` the existing one holding ``config.json``."""
+    if not resume:
+        return prepare_run_dir(out, spec, task)
+    if out is None or not (out / "config.json").is_file():
+        raise ConfigError(f"--resume {out}: not a run folder (no config.json there)")
+    return out
+
+
+def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
+    """Refuse to resume a run folder made for another dataset, task or configuration."""
+    differing = [key for key in RESUME_KEYS if saved.get(key) != config.get(key)]
+    if differing:
+        details = "; ".join(f"{key}: run has {saved.get(key)!r}, now {config.get(key)!r}" for key in differing)
+        raise ConfigError(f"--resume {run_dir}: the run folder was made with another configuration ({details})")
+
+
+def _json_ready(value):
+    """What a value reads back as from JSON (tuples become lists), for comparisons with config.json."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_task(
+    spec: DatasetSpec,
+    settings: Settings,
+    task: int,
+    data_root: Path,
+    *,
+    experts: list[int] | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    resume: bool = False,
+    predict_test: bool = False,
+    deterministic: bool = False,
+    tensorboard: bool = False,
+    plots: bool = True,
+    verbose: int = 2,
+    log: Callable[[str], None] = print,
+    extra_config: dict | None = None,
+) -> dict:
     """Train one network per expert for ``task``, ensemble them on the held-out cases and score them.
+
+    Also writes, on each case's own grid, every expert's and the ensemble's probability map of the
+    held-out and validation cases (and, with ``predict_test``, of the official test cases) as NIfTI,
+    and the plots. With ``resume``, ``out`` is an interrupted run folder: finished experts are reused,
+    an interrupted one continues from its last epoch.
 
     Returns the results (also written to ``results.json`` in the run folder, whose path is under
     ``results["run_dir"]``).
@@ -152,69 +214,122 @@ def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, 
     except DataError as error:
         log(f"warning: {error}; the best epoch is chosen by training loss")
         validation_cases = []
+    test_cases = discover_cases(data_root, spec.name, "test") if predict_test else []
     held_out = choose_held_out([c.case_id for c in train_cases], spec.n_held_out, seed)
-    run_dir = prepare_run_dir(out, spec, task)
-    log(f"{spec.title}, task {task} ({spec.task_name(task)}): run folder {run_dir}")
-
-    # Training imports TensorFlow; everything above fails fast without it.
-    from common import training
-
     config = {
         "dataset": spec.to_dict(),
         "task": task,
         "task_name": spec.task_name(task),
         "experts": experts,
         "seed": seed,
+        "deterministic": deterministic,
         "data_root": str(Path(data_root).resolve()),
         "settings": settings.to_dict(),
-        "versions": versions(),
+        "split_seeded": {"held_out": held_out},
         **(extra_config or {}),
     }
+    config = _json_ready(config)
+    run_dir = open_run_dir(out, spec, task, resume)
+    if resume:
+        check_resumable(json.loads((run_dir / "config.json").read_text()), config, run_dir)
+    runlog = RunLog(run_dir / "run.log", echo=log)
+    runlog(
+        f"{spec.title}, task {task} ({spec.task_name(task)}): {'resuming' if resume else 'new'} run folder {run_dir}"
+    )
+
+    # Training imports TensorFlow; everything above fails fast without it.
+    from common import training
+    from common.predictions import prediction_path, write_prediction
+
+    training.seed_everything(seed, deterministic)
+    config["versions"] = versions()
     write_json(run_dir / "config.json", config)
 
     held = set(held_out)
     pool, scored = [], []
     for case in train_cases:
-        loaded = load_case(case, spec, task)
-        prepared = prepare_case(loaded, settings, keep_original=case.case_id in held)
+        prepared = prepare_case(load_case(case, spec, task), settings, keep_original=case.case_id in held)
         (scored if case.case_id in held else pool).append(prepared)
     validation = [prepare_case(load_case(c, spec, task), settings, keep_original=False) for c in validation_cases]
+    test = [prepare_case(load_case(c, spec, task), settings, keep_original=False) for c in test_cases]
     unscorable = [c.case.case_id for c in scored if c.original_masks is None]
     if unscorable:
         raise DataError(f"held-out case(s) {', '.join(unscorable)} have no mask for task {task}: cannot score them")
 
     split = Split([c.case.case_id for c in pool], [c.case.case_id for c in validation], held_out)
-    held_images = np.stack([c.image for c in scored])
-    maps: dict[str, dict[str, np.ndarray]] = {}
+    predicted = scored + validation + test
+    predicted_images = np.stack([c.image for c in predicted])
+    predictions_root = run_dir / PREDICTIONS_FOLDER
+    averager = MapAverager()
+    held_maps: dict[str, dict[str, np.ndarray]] = {}
     trained = {}
     started = time.perf_counter()
     for number, expert in enumerate(experts, start=1):
         name = expert_name(expert)
-        train_arrays = stack_for_expert(pool, expert)
-        if train_arrays is None:
-            raise DataError(f"expert {expert} has no mask for task {task} in any training case of {spec.name}")
-        validation_arrays = stack_for_expert(validation, expert)
+        expert_dir = run_dir / EXPERTS_FOLDER / name
+        prefix = f"[expert {number}/{len(experts)}] {name}"
         split.per_expert[name] = {
             "train": [c.case.case_id for c in pool if expert in c.masks],
             "validation": [c.case.case_id for c in validation if expert in c.masks],
         }
-        log(f"[expert {number}/{len(experts)}] {name}: training on {len(train_arrays[0])} cases, "
-            f"validating on {0 if validation_arrays is None else len(validation_arrays[0])}")
-        result = training.train_expert(
-            expert, train_arrays, validation_arrays, settings, run_dir / EXPERTS_FOLDER / name,
-            seed=seed + expert, verbose=verbose,
-        )
-        on_grid = training.predict(result.model_path, held_images, settings.batch_size)
-        maps[name] = {c.case.case_id: from_input(m, c.geometry) for c, m in zip(scored, on_grid)}
+        if (expert_dir / RESULT_FILE).is_file():
+            result = training.TrainedExpert(**json.loads((expert_dir / RESULT_FILE).read_text()))
+            result.model_path = expert_dir / training.MODEL_FILE
+            runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
+        else:
+            train_arrays = stack_for_expert(pool, expert)
+            if train_arrays is None:
+                raise DataError(f"expert {expert} has no mask for task {task} in any training case of {spec.name}")
+            validation_arrays = stack_for_expert(validation, expert)
+            interrupted = (expert_dir / training.BACKUP_STATE).is_file()
+            runlog(
+                f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
+                f"on {len(train_arrays[0])} cases, validating on "
+                f"{0 if validation_arrays is None else len(validation_arrays[0])} "
+                f"(elapsed {time.perf_counter() - started:.0f} s)"
+            )
+            result = training.train_expert(
+                expert,
+                train_arrays,
+                validation_arrays,
+                settings,
+                expert_dir,
+                seed=seed + expert,
+                verbose=verbose,
+                log=runlog.to_file,
+                tensorboard_dir=run_dir / "tensorboard" / name if tensorboard else None,
+            )
+            training.finish_expert(expert_dir, result, RESULT_FILE)
+            resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+            runlog(
+                f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
+                f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
+            )
         trained[name] = result
-        log(f"[expert {number}/{len(experts)}] {name}: done in {result.seconds:.0f} s, best {result.monitor} "
-            f"{result.best_loss:.4f} at epoch {result.best_epoch}/{result.epochs} "
-            f"(total elapsed {time.perf_counter() - started:.0f} s)")
+        on_grid = training.predict(result.model_path, predicted_images, settings.batch_size)
+        held_maps[name] = {}
+        for case, grid_map in zip(predicted, on_grid, strict=True):
+            probability = from_input(grid_map, case.geometry)
+            averager.add(case.case.case_id, probability)
+            write_prediction(
+                prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
+                probability,
+                nib.load(case.case.image_path),
+            )
+            if case.case.case_id in held:
+                held_maps[name][case.case.case_id] = probability
 
+    ensemble_all = averager.mean()
+    for case in predicted:
+        write_prediction(
+            prediction_path(predictions_root, spec.name, case.case.case_id, task),
+            ensemble_all[case.case.case_id],
+            nib.load(case.case.image_path),
+        )
     truth = {c.case.case_id: c.original_masks for c in scored}
-    ensemble = average_maps(list(maps.values()))
+    ensemble = {case_id: ensemble_all[case_id] for case_id in held_out}
     ensemble_scores = score_cases(ensemble, truth)
-    expert_scores = {name: score_cases(m, truth) for name, m in maps.items()}
+    expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     references = reference_scores(truth)
 
     config["split"] = split.to_dict()
@@ -223,7 +338,9 @@ def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, 
         "dataset": spec.name,
         "task": task,
         "score": ensemble_scores["score"],
-        "per_threshold": dict(zip([f"{t:.1f}" for t in ensemble_scores["thresholds"]], ensemble_scores["per_threshold"])),
+        "per_threshold": dict(
+            zip([f"{t:.1f}" for t in ensemble_scores["thresholds"]], ensemble_scores["per_threshold"], strict=True)
+        ),
         "per_case": ensemble_scores["per_case"],
         "dice": ensemble_scores["dice"],
         "cases": ensemble_scores["cases"],
@@ -232,21 +349,74 @@ def run_task(spec: DatasetSpec, settings: Settings, task: int, data_root: Path, 
                 "score": s["score"],
                 "per_case": s["per_case"],
                 "per_threshold": s["per_threshold"],
-                "best_epoch": trained[name].best_epoch,
-                "best_loss": trained[name].best_loss,
-                "monitor": trained[name].monitor,
-                "epochs": trained[name].epochs,
-                "seconds": trained[name].seconds,
+                **{k: v for k, v in trained[name].to_dict().items() if k not in ("expert", "model_path")},
             }
             for name, s in expert_scores.items()
         },
-        "experts_in_ensemble": list(maps),
+        "experts_in_ensemble": list(held_maps),
         "reference_scores": references,
+        "predictions": {
+            "folder": str(predictions_root),
+            "held_out": held_out,
+            "validation": split.validation,
+            "test": [c.case.case_id for c in test],
+        },
         "training_seconds": time.perf_counter() - started,
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
     write_atomic(run_dir / "dice_matrix.csv", dice_matrix_csv(ensemble_scores))
+    if plots:
+        write_plots(
+            run_dir / PLOTS_FOLDER,
+            spec,
+            task,
+            ensemble_scores,
+            expert_scores,
+            references,
+            scored,
+            ensemble,
+            {name: run_dir / EXPERTS_FOLDER / name / training.LOG_FILE for name in trained},
+        )
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(held_out)} held-out cases"
-    log(format_table(title, ensemble_scores, expert_scores, references))
+    runlog(format_table(title, ensemble_scores, expert_scores, references))
     return results
+
+
+def write_plots(
+    folder: Path,
+    spec: DatasetSpec,
+    task: int,
+    ensemble_scores: dict,
+    expert_scores: dict[str, dict],
+    references: dict[str, float],
+    scored: list[PreparedCase],
+    ensemble: dict[str, np.ndarray],
+    logs: dict[str, Path],
+) -> None:
+    """Dice against threshold, one figure per held-out case, and the training curves."""
+    from common import plots
+
+    what = f"{spec.title}, task {task} ({spec.task_name(task)})"
+    plots.plot_dice_vs_threshold(
+        folder / "dice_vs_threshold.png",
+        ensemble_scores["thresholds"],
+        ensemble_scores["per_threshold"],
+        {name: s["per_threshold"] for name, s in expert_scores.items()},
+        f"{what}: held-out cases",
+    )
+    for case in scored:
+        case_id = case.case.case_id
+        plots.plot_case(
+            folder / f"case_{case_id}.png",
+            case.original_image,
+            case.original_masks,
+            ensemble[case_id],
+            f"{what}: {case_id}",
+            expert_labels=[expert_name(e) for e in case.original_experts],
+        )
+    plots.plot_training_curves(
+        folder / "training_curves.png",
+        {name: plots.read_training_log(path) for name, path in logs.items()},
+        f"{what}: training",
+    )

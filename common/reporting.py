@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import json
 import os
@@ -37,6 +38,24 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+class RunLog:
+    """Progress lines: printed, and appended to the run folder's plain-text log with a time stamp."""
+
+    def __init__(self, path: Path, echo=print):
+        self.path = Path(path)
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        self.echo(message)
+        self.to_file(message)
+
+    def to_file(self, message: str) -> None:
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        with self.path.open("a") as handle:
+            for line in str(message).splitlines() or [""]:
+                handle.write(f"{stamp} {line}\n")
+
+
 def versions() -> dict[str, str]:
     """Versions worth recording next to results."""
     found = {"python": platform.python_version(), "platform": platform.platform()}
@@ -52,7 +71,7 @@ def dice_matrix_csv(scores: dict) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["case", *[f"t={t:.1f}" for t in THRESHOLDS], "mean"])
-    for case_id, row in zip(scores["cases"], scores["dice"]):
+    for case_id, row in zip(scores["cases"], scores["dice"], strict=True):
         writer.writerow([case_id, *[f"{v:.6f}" for v in row], f"{np.mean(row):.6f}"])
     writer.writerow(["mean", *[f"{v:.6f}" for v in scores["per_threshold"]], f"{scores['score']:.6f}"])
     return out.getvalue()
@@ -63,19 +82,47 @@ def format_table(title: str, ensemble: dict, experts: dict[str, dict], reference
     case_width = max(8, *(len(c) for c in ensemble["cases"]))
     header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
     rule = "-" * len(header)
-    lines = [title, "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):", rule, header, rule]
-    for case_id, row in zip(ensemble["cases"], ensemble["dice"]):
+    lines = [
+        title,
+        "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):",
+        rule,
+        header,
+        rule,
+    ]
+    for case_id, row in zip(ensemble["cases"], ensemble["dice"], strict=True):
         lines.append(f"{case_id:<{case_width}} " + " ".join(f"{v:5.3f}" for v in row) + f"  {np.mean(row):5.3f}")
     lines.append(rule)
     lines.append(
-        f"{'mean':<{case_width}} " + " ".join(f"{v:5.3f}" for v in ensemble["per_threshold"]) + f"  {ensemble['score']:5.3f}"
+        f"{'mean':<{case_width}} "
+        + " ".join(f"{v:5.3f}" for v in ensemble["per_threshold"])
+        + f"  {ensemble['score']:5.3f}"
     )
     lines.append("")
     lines.append("Each expert's own network against the consensus:")
     for name, result in experts.items():
         lines.append(f"  {name}: {result['score']:.4f}")
-    lines.append("Trivial predictions on the same cases, for reference: "
-                 + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items()))
+    lines.append(
+        "Trivial predictions on the same cases, for reference: "
+        + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items())
+    )
     lines.append("")
     lines.append(f"QUBIQ score (ensemble of {len(experts)} expert network(s)): {ensemble['score']:.4f}")
     return "\n".join(lines)
+
+
+def dice_table_lines(scores: dict) -> list[str]:
+    """The cases x thresholds Dice table with a mean column and a final ``mean`` row.
+
+    ``scores`` as returned by :func:`common.scoring.score_cases` (``per_threshold`` a list). The same
+    layout as the table in :func:`format_table`.
+    """
+    case_width = max(8, *(len(c) for c in scores["cases"]))
+    header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
+    rule = "-" * len(header)
+    lines = [rule, header, rule]
+    for case_id, row in zip(scores["cases"], scores["dice"], strict=True):
+        lines.append(f"{case_id:<{case_width}} " + " ".join(f"{v:5.3f}" for v in row) + f"  {np.mean(row):5.3f}")
+    lines.append(rule)
+    means = " ".join(f"{v:5.3f}" for v in scores["per_threshold"])
+    lines.append(f"{'mean':<{case_width}} {means}  {scores['score']:5.3f}")
+    return lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+
 class ConfigError(ValueError):
     """A setting, option or dataset description that cannot work; the message names it."""
 
@@ -63,7 +64,8 @@ class DatasetSpec:
                 raise ConfigError(f"DatasetSpec {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
         if self.n_held_out >= self.n_train:
             raise ConfigError(
-                f"DatasetSpec {self.name!r}: n_held_out ({self.n_held_out}) must be smaller than n_train ({self.n_train})"
+                f"DatasetSpec {self.name!r}: n_held_out ({self.n_held_out}) must be smaller than "
+                f"n_train ({self.n_train})"
             )
         if self.task_names and len(self.task_names) != self.tasks:
             raise ConfigError(f"DatasetSpec {self.name!r}: {len(self.task_names)} task_names for {self.tasks} tasks")
@@ -134,7 +136,15 @@ class Settings:
             if not low < high:
                 raise ConfigError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
 
-    def replace(self, **changes) -> "Settings":
+    @classmethod
+    def from_dict(cls, values: dict) -> Settings:
+        """Settings as written by :meth:`to_dict` (and read back from JSON)."""
+        values = dict(values)
+        if values.get("ct_window") is not None:
+            values["ct_window"] = tuple(values["ct_window"])
+        return cls(**values)
+
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

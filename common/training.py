@@ -1,10 +1,23 @@
-"""Training one expert's network: the tf.data pipeline, Keras callbacks, best weights by validation loss."""
+"""Training one expert's network: the seeded tf.data stream, Keras callbacks, and resuming.
+
+What training leaves in the expert's folder, each file written atomically (temporary file, then rename):
+
+- ``model.keras``: the network at its best validation loss so far;
+- ``training_log.csv``: one row per finished epoch;
+- ``backup.keras`` and ``backup.json``: the network with its optimiser state after the last finished
+  epoch, so that an interrupted training continues where it stopped (removed once training ends).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -14,15 +27,24 @@ import tensorflow as tf
 from common.augmentation import Augmentation, random_transform
 from common.losses import SoftDiceLoss, dice_coefficient
 from common.models import build_unet
+from common.reporting import write_atomic
 from common.spec import Settings
 
 MODEL_FILE = "model.keras"
 LOG_FILE = "training_log.csv"
+BACKUP_FILE = "backup.keras"
+BACKUP_STATE = "backup.json"
 
 
-def seed_everything(seed: int) -> None:
-    """The one place that seeds Python, numpy and TensorFlow (and so Keras)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """The one place that seeds Python, numpy and TensorFlow (and so Keras).
+
+    With ``deterministic``, TensorFlow's op determinism is switched on too: the same seed then gives
+    the same weights on the same machine and software, at some cost in speed (see the README).
+    """
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def build_model(settings: Settings, channels: int) -> keras.Model:
@@ -42,33 +64,119 @@ def augmentation_of(settings: Settings) -> Augmentation:
     return Augmentation(rotation=settings.rotation, shift=settings.shift, flip=settings.flip)
 
 
-def training_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: int,
-                     augmentation: Augmentation | None) -> tf.data.Dataset:
-    """An endless, shuffled, augmented stream of ``(image, mask)`` batches.
+def training_dataset(
+    images: np.ndarray,
+    masks: np.ndarray,
+    batch_size: int,
+    seed: int,
+    augmentation: Augmentation | None,
+    epochs: int,
+    first_epoch: int = 0,
+) -> tf.data.Dataset:
+    """The batches of epochs ``first_epoch .. epochs - 1``, shuffled and augmented.
 
-    The stream repeats so that each epoch reshuffles and every sample of every epoch gets its own
-    augmentation seed ``(seed, sample index)``: the stream is a function of ``seed``.
+    Epoch ``e`` visits the samples in an order drawn from ``(seed, e)`` and augments its ``i``-th sample
+    with the seed ``(seed, e * N + i)``: the stream is a function of the seed and the epoch alone, so a
+    resumed training sees exactly the batches an uninterrupted one would have seen. Each epoch has
+    ``ceil(N / batch_size)`` batches (the last may be smaller).
     """
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
-    if augmentation is not None and not augmentation.is_identity:
-        dataset = dataset.enumerate().map(
-            lambda index, sample: random_transform(
-                sample[0], sample[1], tf.stack([tf.constant(seed, tf.int64), index]), augmentation
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+    count = len(images)
+    images_t, masks_t = tf.constant(images), tf.constant(masks)
+    augment = augmentation is not None and not augmentation.is_identity
+
+    def sample(index, position):
+        image, mask = tf.gather(images_t, index), tf.gather(masks_t, index)
+        if augment:
+            image, mask = random_transform(image, mask, tf.stack([tf.constant(seed, tf.int64), position]), augmentation)
+        return image, mask
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        positions = epoch * count + tf.range(count, dtype=tf.int64)
+        return (
+            tf.data.Dataset.from_tensor_slices((order, positions))
+            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+        )
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    """``model.save`` into a temporary ``.keras`` file, then rename: never a truncated model file."""
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    out = io.StringIO()
+    if rows:
+        fields = list(rows[0])
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_atomic(path, out.getvalue())
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: the best model, the CSV log, one plain-text line, then the resume backup.
+
+    The backup comes last, so a resumed training never skips an epoch whose effects were not saved.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        monitor: str,
+        rows: list[dict],
+        best: float,
+        label: str,
+        epochs: int,
+        log: Callable[[str], None],
+    ):
+        super().__init__()
+        self.out_dir, self.monitor, self.rows, self.best = out_dir, monitor, rows, best
+        self.label, self.epochs, self.log = label, epochs, log
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        value = logs.get(self.monitor, math.inf)
+        improved = value < self.best
+        if improved:
+            self.best = value
+            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+        self.rows.append({"epoch": epoch + 1, **{k: f"{v:.6g}" for k, v in sorted(logs.items())}})
+        write_log(self.out_dir / LOG_FILE, self.rows)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
+        self.log(
+            f"{self.label} epoch {epoch + 1}/{self.epochs}: {metrics} ({time.perf_counter() - self._started:.1f} s)"
+            + (" *" if improved else "")
+        )
+        save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
+        write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch + 1, "best": self.best}) + "\n")
+
+
 @dataclass
 class TrainedExpert:
-    """What training one expert's network left behind."""
+    """What training one expert's network left behind (saved as ``result.json`` when complete)."""
 
     expert: int
     model_path: Path
@@ -77,49 +185,95 @@ class TrainedExpert:
     monitor: str
     epochs: int
     seconds: float
+    resumed_from_epoch: int = 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "model_path": str(self.model_path)}
 
 
-def train_expert(expert: int, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray] | None,
-                 settings: Settings, out_dir: Path, seed: int, verbose: int = 2) -> TrainedExpert:
+def train_expert(
+    expert: int,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    settings: Settings,
+    out_dir: Path,
+    seed: int,
+    verbose: int = 2,
+    log: Callable[[str], None] = print,
+    tensorboard_dir: Path | None = None,
+) -> TrainedExpert:
     """Train one network on one expert's masks; keep the weights with the best validation loss.
+
+    If ``out_dir`` holds a backup of an interrupted training, it continues from the backup's epoch
+    with the saved weights, optimiser state and learning rate.
 
     Args:
         expert: the expert's number (for names only).
         train: images ``(N, S, S, C)`` and masks ``(N, S, S, 1)`` on the network's grid.
         validation: the same for the validation cases, or None to monitor the training loss.
         settings: network, optimiser and augmentation.
-        out_dir: receives ``model.keras`` (the best epoch) and ``training_log.csv``.
+        out_dir: receives ``model.keras``, ``training_log.csv`` and the backup.
         seed: seeds initialisation, shuffling and augmentation.
+        verbose: Keras's own progress (0 silent, 2 one line per epoch).
+        log: receives one plain-text line per epoch.
+        tensorboard_dir: if given, TensorBoard logs go there.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    model = build_model(settings, channels=train[0].shape[-1])
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
-        loss=SoftDiceLoss(),
-        metrics=[dice_coefficient],
-    )
     monitor = "val_loss" if validation is not None else "loss"
-    model_path = out_dir / MODEL_FILE
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(model_path, monitor=monitor, save_best_only=True, mode="min"),
-        keras.callbacks.CSVLogger(out_dir / LOG_FILE),
-    ]
-    stream = training_dataset(*train, settings.batch_size, seed, augmentation_of(settings))
+    state_path, backup_path = out_dir / BACKUP_STATE, out_dir / BACKUP_FILE
+    first_epoch, best = 0, math.inf
+    if state_path.is_file() and backup_path.is_file():
+        state = json.loads(state_path.read_text())
+        first_epoch, best = int(state["epoch"]), float(state["best"])
+        model = keras.saving.load_model(backup_path)
+        log(f"seg{expert:02d}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
+    else:
+        model = build_model(settings, channels=train[0].shape[-1])
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
+            loss=SoftDiceLoss(),
+            metrics=[dice_coefficient],
+        )
+    rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
+    recorder = EpochRecorder(out_dir, monitor, rows, best, f"seg{expert:02d}", settings.epochs, log)
+    callbacks: list[keras.callbacks.Callback] = [recorder]
+    if tensorboard_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
     start = time.perf_counter()
-    history = model.fit(
-        stream,
-        steps_per_epoch=math.ceil(len(train[0]) / settings.batch_size),
-        epochs=settings.epochs,
-        validation_data=evaluation_dataset(*validation, settings.batch_size) if validation is not None else None,
-        callbacks=callbacks,
-        shuffle=False,  # the stream is shuffled by tf.data, from the seed
-        verbose=verbose,
-    )
+    if first_epoch < settings.epochs:
+        stream = training_dataset(
+            *train,
+            settings.batch_size,
+            seed,
+            augmentation_of(settings),
+            epochs=settings.epochs,
+            first_epoch=first_epoch,
+        )
+        model.fit(
+            stream,
+            steps_per_epoch=math.ceil(len(train[0]) / settings.batch_size),
+            epochs=settings.epochs,
+            initial_epoch=first_epoch,
+            validation_data=evaluation_dataset(*validation, settings.batch_size) if validation is not None else None,
+            callbacks=callbacks,
+            shuffle=False,  # the stream is shuffled by tf.data, from the seed
+            verbose=verbose,
+        )
     seconds = time.perf_counter() - start
-    losses = history.history[monitor]
-    best = int(np.argmin(losses))
-    return TrainedExpert(expert, model_path, best + 1, float(losses[best]), monitor, len(losses), seconds)
+    losses = [float(row[monitor]) for row in recorder.rows]
+    best_index = int(np.argmin(losses))
+    keras.backend.clear_session()
+    return TrainedExpert(
+        expert, out_dir / MODEL_FILE, best_index + 1, losses[best_index], monitor, len(losses), seconds, first_epoch
+    )
+
+
+def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> None:
+    """Mark an expert complete (``result.json``) and drop its resume backup."""
+    write_atomic(out_dir / result_file, json.dumps(result.to_dict(), indent=2) + "\n")
+    for name in (BACKUP_FILE, BACKUP_STATE):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:

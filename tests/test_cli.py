@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "Prostate.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "Prostate.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_invalid_task_lists_the_valid_ones(tmp_path):
@@ -40,8 +46,17 @@ def test_unknown_expert(tmp_path):
 def test_help_shows_defaults():
     result = run_script("-h")
     assert result.returncode == 0
-    for flag in ("--task", "--data-root", "--demo", "--experts", "--epochs", "--batch-size", "--image-size",
-                 "--seed", "--out"):
+    for flag in (
+        "--task",
+        "--data-root",
+        "--demo",
+        "--experts",
+        "--epochs",
+        "--batch-size",
+        "--image-size",
+        "--seed",
+        "--out",
+    ):
         assert flag in result.stdout
     assert f"default: {Prostate.STUDY.epochs}; {Prostate.DEMO.epochs} with --demo" in " ".join(result.stdout.split())
 
@@ -54,8 +69,9 @@ def parse(*argv):
 def test_presets_and_overrides():
     assert resolve_settings(parse(), Prostate.STUDY, Prostate.DEMO) == Prostate.STUDY
     assert resolve_settings(parse("--demo"), Prostate.STUDY, Prostate.DEMO) == Prostate.DEMO
-    settings = resolve_settings(parse("--demo", "--epochs", "3", "--image-size", "64", "--batch-size", "2"),
-                                Prostate.STUDY, Prostate.DEMO)
+    settings = resolve_settings(
+        parse("--demo", "--epochs", "3", "--image-size", "64", "--batch-size", "2"), Prostate.STUDY, Prostate.DEMO
+    )
     assert (settings.epochs, settings.input_size, settings.batch_size) == (3, 64, 2)
     assert settings.convlstm == Prostate.STUDY.convlstm
 
@@ -78,3 +94,32 @@ def test_data_root_resolution(monkeypatch):
 def test_malformed_options(bad):
     result = run_script(bad)
     assert result.returncode == 2 and bad.split("=")[0] in result.stderr
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    result = run_script("--resume", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "not a run folder (no config.json there)" in result.stderr
+
+
+def test_resume_refuses_another_dataset(tmp_path):
+    import json
+
+    import Kidney
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "dataset": Kidney.DATASET.to_dict(),
+        "settings": Kidney.DEMO.to_dict(),
+        "task": 1,
+        "seed": 0,
+        "experts": [1],
+        "data_root": str(tmp_path),
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "config.json").read_bytes()
+    result = run_script("--resume", str(run))
+    assert result.returncode == 2
+    assert "the run is of dataset kidney, not prostate" in result.stderr
+    assert (run / "config.json").read_bytes() == before  # untouched
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]

@@ -10,18 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.demo import ensure_demo_dataset
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"Brain_Growth": 1, "Brain_Tumor": 3, "Kidney": 1, "Prostate": 2}  # tumour task 3 has empty cases
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    for script in SCRIPTS:
-        ensure_demo_dataset(importlib.import_module(script).DATASET, root, seed=0)
-    return root
 
 
 @pytest.mark.parametrize("script, task", SCRIPTS.items())
@@ -29,9 +19,30 @@ def test_script_on_demo_data(script, task, demo_root, tmp_path):
     spec = importlib.import_module(script).DATASET
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / f"{script}.py"), "--demo", "--data-root", str(demo_root), "--task", str(task),
-         "--experts", "1,2", "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--quiet", "--out", str(run)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / f"{script}.py"),
+            "--demo",
+            "--data-root",
+            str(demo_root),
+            "--task",
+            str(task),
+            "--experts",
+            "1,2",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--quiet",
+            "--out",
+            str(run),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
