@@ -39,7 +39,9 @@ STUDY = Settings(
 )
 
 # CPU-sized defaults for --demo (a few minutes on 2 cores).
-DEMO = STUDY.replace(input_size=128, depth=4, base_filters=8, dropout_rate=0.2, batch_size=2, learning_rate=1e-3, epochs=30)
+DEMO = STUDY.replace(
+    input_size=128, depth=4, base_filters=8, dropout_rate=0.2, batch_size=2, learning_rate=1e-3, epochs=30
+)
 
 if __name__ == "__main__":
     main(DATASET, STUDY, DEMO, task)

@@ -34,8 +34,9 @@ class Augmentation:
         return self.rotation == 0 and self.shift == 0 and not self.flip
 
 
-def affine_transform(angle: tf.Tensor, shift_rows: tf.Tensor, shift_cols: tf.Tensor, flip: tf.Tensor,
-                     height: int, width: int) -> tf.Tensor:
+def affine_transform(
+    angle: tf.Tensor, shift_rows: tf.Tensor, shift_cols: tf.Tensor, flip: tf.Tensor, height: int, width: int
+) -> tf.Tensor:
     """The 8 projective parameters mapping output pixels to input pixels.
 
     The forward transform flips horizontally (when ``flip``), rotates by ``angle`` radians about the
@@ -72,8 +73,9 @@ def apply_transform(image: tf.Tensor, mask: tf.Tensor, transform: tf.Tensor) -> 
     return warped[..., :channels], warped_mask
 
 
-def random_transform(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
-                     augmentation: Augmentation) -> tuple[tf.Tensor, tf.Tensor]:
+def random_transform(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Draw one transform from ``seed`` (a stateless seed, shape ``[2]``) and apply it to both."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
     height, width = image.shape[0], image.shape[1]

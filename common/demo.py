@@ -45,10 +45,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 if __name__ == "__main__":  # the command line: its matrix products are small, idle BLAS threads only
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spin and steal the core the writer needs
@@ -342,8 +342,13 @@ def _draw_brain_growth(rng: np.random.Generator, spec: DatasetSpec, shape, case:
     contrast = 1.0 - 0.65 * d
     c = Canvas(shape, 0.0)
     head = rand_blob(
-        rng, H / 2 + rng.normal(0, 4 * s), W / 2 + rng.normal(0, 4 * s),
-        rng.uniform(0.40, 0.45) * H, rng.uniform(0.33, 0.39) * W, angle=rng.normal(0, 0.08), wobble=0.025,
+        rng,
+        H / 2 + rng.normal(0, 4 * s),
+        W / 2 + rng.normal(0, 4 * s),
+        rng.uniform(0.40, 0.45) * H,
+        rng.uniform(0.33, 0.39) * W,
+        angle=rng.normal(0, 0.08),
+        wobble=0.025,
     )
     fh = head.sdf(_full(shape))
     scalp, skull = rng.uniform(4, 7) * s, rng.uniform(3, 5) * s
@@ -358,9 +363,14 @@ def _draw_brain_growth(rng: np.random.Generator, spec: DatasetSpec, shape, case:
     c.paint(fh, FULL, csf, 1.5, offset=scalp + skull)  # CSF
     inner = scalp + skull + csf_min
     brain = rand_blob(
-        rng, head.cy + rng.normal(0, 2 * s), head.cx + rng.normal(0, 2 * s),
-        head.ry - inner - rng.uniform(2, 9) * s, head.rx - inner - rng.uniform(2, 9) * s,
-        angle=head.angle + rng.normal(0, 0.1), wobble=0.045, harmonics=4,
+        rng,
+        head.cy + rng.normal(0, 2 * s),
+        head.cx + rng.normal(0, 2 * s),
+        head.ry - inner - rng.uniform(2, 9) * s,
+        head.rx - inner - rng.uniform(2, 9) * s,
+        angle=head.angle + rng.normal(0, 0.1),
+        wobble=0.045,
+        harmonics=4,
     )
     width = 1.5 + 2.0 * d  # harder cases: blurrier boundary
     bwin = brain.window(shape, _margin(DESIGNS["brain-growth"], s) + width)
@@ -373,8 +383,13 @@ def _draw_brain_growth(rng: np.random.Generator, spec: DatasetSpec, shape, case:
     c.paint_blob(fis, csf, 1.5)
     for side in (-1, 1):
         v = rand_blob(
-            rng, brain.cy + rng.normal(0, 3 * s), brain.cx + side * rng.uniform(9, 15) * s,
-            rng.uniform(14, 24) * s, rng.uniform(3, 6) * s, angle=side * rng.uniform(0.0, 0.3), wobble=0.08,
+            rng,
+            brain.cy + rng.normal(0, 3 * s),
+            brain.cx + side * rng.uniform(9, 15) * s,
+            rng.uniform(14, 24) * s,
+            rng.uniform(3, 6) * s,
+            angle=side * rng.uniform(0.0, 0.3),
+            wobble=0.08,
         )
         c.paint_blob(v, csf, 2.0)
     bias = 1.0 + 0.15 * smooth_field(rng, shape, 3)
@@ -413,8 +428,13 @@ def _draw_brain_tumor(rng: np.random.Generator, spec: DatasetSpec, shape, case: 
         tissue[k] = wmv + F32(contrast * rng.uniform(0.8, 1.15)) * (tissue[k] - wmv)
     c = Canvas((H, W, nseq), 0.0)
     brain = rand_blob(
-        rng, H / 2 + rng.normal(0, 3 * s), W / 2 + rng.normal(0, 3 * s),
-        rng.uniform(0.40, 0.45) * H, rng.uniform(0.31, 0.37) * W, angle=rng.normal(0, 0.08), wobble=0.03,
+        rng,
+        H / 2 + rng.normal(0, 3 * s),
+        W / 2 + rng.normal(0, 3 * s),
+        rng.uniform(0.40, 0.45) * H,
+        rng.uniform(0.31, 0.37) * W,
+        angle=rng.normal(0, 0.08),
+        wobble=0.03,
     )
     fbr = brain.sdf(_full(shape))
     tex = smooth_field(rng, shape, max(8, int(56 * s)))[..., None] * F32(0.04)
@@ -423,8 +443,13 @@ def _draw_brain_tumor(rng: np.random.Generator, spec: DatasetSpec, shape, case: 
     c.paint(fbr, FULL, tissue["wm"] + tex, 3.0, offset=rng.uniform(6, 10) * s)
     for side in (-1, 1):
         v = rand_blob(
-            rng, brain.cy + rng.normal(0, 4 * s), brain.cx + side * rng.uniform(8, 14) * s,
-            rng.uniform(16, 28) * s, rng.uniform(4, 8) * s, angle=side * rng.uniform(0.0, 0.35), wobble=0.08,
+            rng,
+            brain.cy + rng.normal(0, 4 * s),
+            brain.cx + side * rng.uniform(8, 14) * s,
+            rng.uniform(16, 28) * s,
+            rng.uniform(4, 8) * s,
+            angle=side * rng.uniform(0.0, 0.35),
+            wobble=0.08,
         )
         c.paint_blob(v, tissue["csf"], 2.0)
     # tumour: whole (task 1) > core (task 2) > enhancing (task 3)
@@ -432,8 +457,13 @@ def _draw_brain_tumor(rng: np.random.Generator, spec: DatasetSpec, shape, case: 
     t = rng.uniform(0, 2 * math.pi)
     rr = math.sqrt(rng.uniform(0.0, 1.0)) * 0.5
     whole = rand_blob(
-        rng, brain.cy + rr * brain.ry * math.sin(t), brain.cx + rr * brain.rx * math.cos(t),
-        r1 * rng.uniform(0.8, 1.2), r1 * rng.uniform(0.8, 1.2), wobble=0.08, harmonics=4,
+        rng,
+        brain.cy + rr * brain.ry * math.sin(t),
+        brain.cx + rr * brain.rx * math.cos(t),
+        r1 * rng.uniform(0.8, 1.2),
+        r1 * rng.uniform(0.8, 1.2),
+        wobble=0.08,
+        harmonics=4,
     )
     width_edema = 2.5 + 3.0 * d
     margin = _margin(design, s) + width_edema
@@ -443,8 +473,13 @@ def _draw_brain_tumor(rng: np.random.Generator, spec: DatasetSpec, shape, case: 
     off = rng.uniform(0, 0.3) * r1
     t2 = rng.uniform(0, 2 * math.pi)
     core = rand_blob(
-        rng, whole.cy + off * math.sin(t2), whole.cx + off * math.cos(t2),
-        r2 * rng.uniform(0.8, 1.2), r2 * rng.uniform(0.8, 1.2), wobble=0.08, harmonics=3,
+        rng,
+        whole.cy + off * math.sin(t2),
+        whole.cx + off * math.cos(t2),
+        r2 * rng.uniform(0.8, 1.2),
+        r2 * rng.uniform(0.8, 1.2),
+        wobble=0.08,
+        harmonics=3,
     )
     f2 = np.minimum(core.sdf(win), f1 - F32(2.5 * s))
     c.paint(f1, win, tissue["edema"] + tex[win], width_edema)
@@ -458,8 +493,14 @@ def _draw_brain_tumor(rng: np.random.Generator, spec: DatasetSpec, shape, case: 
             f3 = np.minimum(f2 - F32(0.5), F32(rim) - f2)
         else:  # a solid enhancing nodule
             r3 = r2 * rng.uniform(0.5, 0.8)
-            enh = rand_blob(rng, core.cy + rng.normal(0, 0.15 * r2), core.cx + rng.normal(0, 0.15 * r2),
-                            r3, r3 * rng.uniform(0.75, 1.25), wobble=0.08)
+            enh = rand_blob(
+                rng,
+                core.cy + rng.normal(0, 0.15 * r2),
+                core.cx + rng.normal(0, 0.15 * r2),
+                r3,
+                r3 * rng.uniform(0.75, 1.25),
+                wobble=0.08,
+            )
             f3 = np.minimum(enh.sdf(win), f2 - F32(1.5 * s))
             c.paint(f3, win, tissue["enhancing"], 1.5)
         truths[2] = _truth(f3, win)
@@ -491,8 +532,13 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
     fat, soft = -100.0 + rng.normal(0, 8), 40.0 + rng.normal(0, 5)
     c = Canvas(shape, -1000.0)
     body = rand_blob(
-        rng, H * rng.uniform(0.48, 0.54), W / 2 + rng.normal(0, 4 * s),
-        rng.uniform(0.28, 0.34) * H, rng.uniform(0.40, 0.455) * W, angle=rng.normal(0, 0.04), wobble=0.025,
+        rng,
+        H * rng.uniform(0.48, 0.54),
+        W / 2 + rng.normal(0, 4 * s),
+        rng.uniform(0.28, 0.34) * H,
+        rng.uniform(0.40, 0.455) * W,
+        angle=rng.normal(0, 0.04),
+        wobble=0.025,
     )
     fb = body.sdf(_full(shape))
     tex = smooth_field(rng, shape, max(8, int(64 * s))) * F32(8.0)
@@ -513,8 +559,19 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
     sy, sx = body.cy + body.ry - (subcut + wall + rv + rng.uniform(28, 40) * s), body.cx + rng.normal(0, 2 * s)
     for side in (-1, 1):
         c.paint_blob(rand_blob(rng, sy + rv + 22 * s, sx + side * 27 * s, 22 * s, 17 * s, 0.0, 0.05), 50.0 + tex, 1.5)
-        c.paint_blob(rand_blob(rng, sy - 2 * s, sx + side * (rv + 12 * s), rng.uniform(11, 17) * s,
-                               rng.uniform(9, 13) * s, side * 0.3, 0.05), 45.0 + tex, 1.5)
+        c.paint_blob(
+            rand_blob(
+                rng,
+                sy - 2 * s,
+                sx + side * (rv + 12 * s),
+                rng.uniform(11, 17) * s,
+                rng.uniform(9, 13) * s,
+                side * 0.3,
+                0.05,
+            ),
+            45.0 + tex,
+            1.5,
+        )
     vert = rand_blob(rng, sy, sx, rv * rng.uniform(0.9, 1.0), rv, 0.0, 0.03)
     cortical = rng.uniform(850, 1000)
     c.paint_blob(vert, cortical, 1.2)
@@ -526,9 +583,18 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
     c.paint_blob(Blob(sy - rv - 11 * s, sx + 9 * s, 10 * s, 10 * s), aorta, 1.5)
     c.paint_blob(Blob(sy - rv - 10 * s, sx - 22 * s, 8 * s, 13 * s), aorta * 0.6, 1.5)
     # liver (image left) and spleen (image right, near the target kidney)
-    c.paint_blob(rand_blob(rng, body.cy - rng.uniform(0.0, 0.25) * body.ry, body.cx - rng.uniform(0.45, 0.6) * body.rx,
-                           rng.uniform(0.45, 0.65) * body.ry, rng.uniform(0.3, 0.42) * body.rx, wobble=0.06),
-                 rng.uniform(55, 110) + tex, 2.0)
+    c.paint_blob(
+        rand_blob(
+            rng,
+            body.cy - rng.uniform(0.0, 0.25) * body.ry,
+            body.cx - rng.uniform(0.45, 0.6) * body.rx,
+            rng.uniform(0.45, 0.65) * body.ry,
+            rng.uniform(0.3, 0.42) * body.rx,
+            wobble=0.06,
+        ),
+        rng.uniform(55, 110) + tex,
+        2.0,
+    )
     # kidneys: the target is the patient's left kidney (image right)
     size = rng.uniform(0.65, 1.15) * s  # the slice cuts the kidney nearer a pole or its middle
     kry, krx = rng.uniform(30, 38) * size, rng.uniform(20, 26) * size
@@ -536,9 +602,18 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
     kx_off = rv + rng.uniform(40, 62) * s
     tilt = rng.uniform(0.25, 0.8)
     if rng.uniform() < 0.65:
-        c.paint_blob(rand_blob(rng, ky + rng.uniform(10, 30) * s, sx + kx_off + rng.uniform(25, 45) * s,
-                               rng.uniform(25, 40) * s, rng.uniform(18, 28) * s, wobble=0.06),
-                     rng.uniform(95, 130) * phase + 45 * (1 - phase) + tex, 2.0)
+        c.paint_blob(
+            rand_blob(
+                rng,
+                ky + rng.uniform(10, 30) * s,
+                sx + kx_off + rng.uniform(25, 45) * s,
+                rng.uniform(25, 40) * s,
+                rng.uniform(18, 28) * s,
+                wobble=0.06,
+            ),
+            rng.uniform(95, 130) * phase + 45 * (1 - phase) + tex,
+            2.0,
+        )
     enh = rng.uniform(165, 215) * phase + 40 * (1 - phase)
     medulla = enh - rng.uniform(15, 70) * phase
     width = 1.2 + 1.5 * d
@@ -554,8 +629,13 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
         c.paint(fk, win, enh + tex[win], width)
         c.paint(fk, win, medulla + tex[win], 3.0 * s, offset=rng.uniform(5, 8) * s)
         ay, ax = sy - rv - 11 * s, sx + 9 * s  # renal vessels from the hilum to the aorta
-        c.paint_blob(Blob((hy + ay) / 2, (hx + ax) / 2, 3.5 * s, 0.5 * math.hypot(ay - hy, ax - hx),
-                          math.atan2(ay - hy, ax - hx)), aorta * 0.9, 1.5)
+        c.paint_blob(
+            Blob(
+                (hy + ay) / 2, (hx + ax) / 2, 3.5 * s, 0.5 * math.hypot(ay - hy, ax - hx), math.atan2(ay - hy, ax - hx)
+            ),
+            aorta * 0.9,
+            1.5,
+        )
         kidneys.append((k, fk, win))
     target_blob, fk, kwin = kidneys[1]
     # bowel loops, ribs
@@ -576,8 +656,14 @@ def _draw_kidney(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict)
         t = rng.uniform(-0.15 * math.pi, 1.15 * math.pi)  # the lower (posterior) and lateral wall
         depth = subcut + wall * 0.5 + rng.uniform(6, 14) * s
         ry_, rx_ = body.ry - depth, body.rx - depth
-        rib = rand_blob(rng, body.cy + ry_ * math.sin(t), body.cx + rx_ * math.cos(t),
-                        rng.uniform(4, 7) * s, rng.uniform(5, 9) * s, wobble=0.05)
+        rib = rand_blob(
+            rng,
+            body.cy + ry_ * math.sin(t),
+            body.cx + rx_ * math.cos(t),
+            rng.uniform(4, 7) * s,
+            rng.uniform(5, 9) * s,
+            wobble=0.05,
+        )
         c.paint_blob(rib, rng.uniform(650, 950), 1.2)
     img = c.img
     img += rng.standard_normal(shape, dtype=F32) * F32(rng.uniform(8, 14) * (1 + 0.6 * d))
@@ -601,8 +687,15 @@ def _draw_prostate(rng: np.random.Generator, spec: DatasetSpec, shape, case: dic
     design = DESIGNS["prostate"]
     fatv = rng.uniform(0.62, 0.75)
     c = Canvas(shape, 0.02)
-    body = rand_blob(rng, H / 2 + rng.normal(0, 8 * s), W / 2 + rng.normal(0, 5 * s),
-                     rng.uniform(0.30, 0.36) * W, rng.uniform(0.41, 0.47) * W, angle=rng.normal(0, 0.03), wobble=0.03)
+    body = rand_blob(
+        rng,
+        H / 2 + rng.normal(0, 8 * s),
+        W / 2 + rng.normal(0, 5 * s),
+        rng.uniform(0.30, 0.36) * W,
+        rng.uniform(0.41, 0.47) * W,
+        angle=rng.normal(0, 0.03),
+        wobble=0.03,
+    )
     fb = body.sdf(_full(shape))
     tex = smooth_field(rng, shape, max(8, int(80 * s))) * F32(0.05)
     c.paint(fb, FULL, fatv + tex, 2.0)  # subcutaneous fat
@@ -613,28 +706,58 @@ def _draw_prostate(rng: np.random.Generator, spec: DatasetSpec, shape, case: dic
     pcy, pcx = body.cy + rng.uniform(-0.05, 0.08) * body.ry, body.cx + rng.normal(0, 5 * s)
     # femoral heads / acetabula: dark cortex, bright marrow
     for side in (-1, 1):
-        fem = rand_blob(rng, pcy + rng.normal(0, 15 * s), pcx + side * rng.uniform(0.55, 0.65) * body.rx,
-                        rng.uniform(40, 55) * s, rng.uniform(40, 55) * s, wobble=0.03)
+        fem = rand_blob(
+            rng,
+            pcy + rng.normal(0, 15 * s),
+            pcx + side * rng.uniform(0.55, 0.65) * body.rx,
+            rng.uniform(40, 55) * s,
+            rng.uniform(40, 55) * s,
+            wobble=0.03,
+        )
         c.paint_blob(fem, 0.08, 2.0)
         c.paint_blob(fem, 0.5 + tex, 2.5, offset=5 * s)
-        obt = rand_blob(rng, pcy + rng.normal(0, 8 * s), pcx + side * (prx + rng.uniform(30, 50) * s),
-                        rng.uniform(55, 75) * s, rng.uniform(14, 22) * s, angle=side * rng.uniform(0, 0.25), wobble=0.05)
+        obt = rand_blob(
+            rng,
+            pcy + rng.normal(0, 8 * s),
+            pcx + side * (prx + rng.uniform(30, 50) * s),
+            rng.uniform(55, 75) * s,
+            rng.uniform(14, 22) * s,
+            angle=side * rng.uniform(0, 0.25),
+            wobble=0.05,
+        )
         c.paint_blob(obt, 0.28 + tex, 2.5)
     # periprostatic fat and venous plexus around the gland
     peri = rand_blob(rng, pcy, pcx, pry + rng.uniform(14, 26) * s, prx + rng.uniform(16, 30) * s, 0.0, 0.05)
     c.paint_blob(peri, fatv * 0.95 + tex, 4.0)
     # rectum behind, pubic symphysis in front, bladder in front in some cases
     rr = rng.uniform(24, 36) * s
-    rect = rand_blob(rng, pcy + pry + rr + rng.uniform(6, 16) * s, pcx + rng.normal(0, 5 * s), rr, rr * rng.uniform(1.0, 1.4), 0.0, 0.08)
+    rect = rand_blob(
+        rng,
+        pcy + pry + rr + rng.uniform(6, 16) * s,
+        pcx + rng.normal(0, 5 * s),
+        rr,
+        rr * rng.uniform(1.0, 1.4),
+        0.0,
+        0.08,
+    )
     c.paint_blob(rect, 0.22, 2.0)
     c.paint_blob(rect, rng.choice([0.04, 0.6]), 2.5, offset=rng.uniform(5, 9) * s)
     for side in (-1, 1):
-        pub = rand_blob(rng, pcy - pry - rng.uniform(35, 55) * s, pcx + side * rng.uniform(18, 28) * s,
-                        rng.uniform(14, 20) * s, rng.uniform(20, 30) * s, angle=side * 0.4, wobble=0.05)
+        pub = rand_blob(
+            rng,
+            pcy - pry - rng.uniform(35, 55) * s,
+            pcx + side * rng.uniform(18, 28) * s,
+            rng.uniform(14, 20) * s,
+            rng.uniform(20, 30) * s,
+            angle=side * 0.4,
+            wobble=0.05,
+        )
         c.paint_blob(pub, 0.1, 2.0)
         c.paint_blob(pub, 0.45 + tex, 2.0, offset=4 * s)
     if rng.uniform() < 0.5:
-        bl = rand_blob(rng, pcy - pry - rng.uniform(25, 60) * s, pcx, rng.uniform(30, 55) * s, rng.uniform(50, 90) * s, 0.0, 0.06)
+        bl = rand_blob(
+            rng, pcy - pry - rng.uniform(25, 60) * s, pcx, rng.uniform(30, 55) * s, rng.uniform(50, 90) * s, 0.0, 0.06
+        )
         c.paint_blob(bl, 0.25, 2.0)
         c.paint_blob(bl, 0.95, 2.0, offset=3 * s)
     # the gland: capsule, peripheral zone, anterior stroma, transition zone with nodules
@@ -648,8 +771,15 @@ def _draw_prostate(rng: np.random.Generator, spec: DatasetSpec, shape, case: dic
     c.paint(f1, win, pz + tex[win], width, offset=rng.uniform(1.5, 3.0) * s)
     stroma = Blob(pcy - pry * 0.85, pcx, pry * 0.35, prx * 0.55)
     c.paint(np.minimum(stroma.sdf(win), f1 - F32(2 * s)), win, capsule + 0.05, 3.0)
-    tz = rand_blob(rng, pcy - rng.uniform(0.05, 0.25) * pry, pcx + rng.normal(0, 3 * s),
-                   pry * rng.uniform(0.55, 0.75), prx * rng.uniform(0.55, 0.75), angle=rng.normal(0, 0.1), wobble=0.07)
+    tz = rand_blob(
+        rng,
+        pcy - rng.uniform(0.05, 0.25) * pry,
+        pcx + rng.normal(0, 3 * s),
+        pry * rng.uniform(0.55, 0.75),
+        prx * rng.uniform(0.55, 0.75),
+        angle=rng.normal(0, 0.1),
+        wobble=0.07,
+    )
     f2 = np.minimum(tz.sdf(win), f1 - F32(4 * s))
     tzv = pz - contrast * rng.uniform(0.15, 0.3)
     c.paint(f2, win, tzv + tex[win], width)
@@ -759,8 +889,12 @@ def case_plan(spec: DatasetSpec, seed: int) -> tuple[np.ndarray, dict[int, dict]
     plan: dict[int, dict] = {}
     for split in SPLITS:
         for n in numbers[split]:
-            plan[n] = {"split": split, "shape": tuple(spec.image_shape), "experts": list(range(1, spec.experts + 1)),
-                       "enhancing": True}
+            plan[n] = {
+                "split": split,
+                "shape": tuple(spec.image_shape),
+                "experts": list(range(1, spec.experts + 1)),
+                "enhancing": True,
+            }
     for split in SPLITS:
         cases = numbers[split]
         if spec.name == "brain-tumor" and spec.tasks >= 3:
@@ -801,8 +935,9 @@ def save_nifti(arr: np.ndarray, path: Path) -> None:
         gz.write(raw)
 
 
-def generate_case(spec: DatasetSpec, seed: int, number: int, z: np.ndarray | None = None,
-                  plan: dict | None = None) -> tuple[np.ndarray, dict[int, dict[int, np.ndarray]]]:
+def generate_case(
+    spec: DatasetSpec, seed: int, number: int, z: np.ndarray | None = None, plan: dict | None = None
+) -> tuple[np.ndarray, dict[int, dict[int, np.ndarray]]]:
     """Draw one case: ``(image, {task: {expert: mask}})`` as stored (dtype, singleton axis).
 
     Test cases are drawn the same way; only their masks are not written.
@@ -882,8 +1017,10 @@ def _read_marker(path: Path) -> dict | None:
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise RuntimeError(f"cannot read the demo marker {path} ({err}); remove it and the dataset folders "
-                           "it belongs to, or choose another output folder") from err
+        raise RuntimeError(
+            f"cannot read the demo marker {path} ({err}); remove it and the dataset folders "
+            "it belongs to, or choose another output folder"
+        ) from err
     return info if isinstance(info, dict) else None
 
 
@@ -941,7 +1078,7 @@ def ensure_demo_dataset(spec: DatasetSpec, root: Path, seed: int) -> Path:
         if _is_complete(info, want, targets):  # another process finished it meanwhile
             return root
         ours = set(info.get("folders", [])) if info is not None else set()
-        for folder, rel in zip(targets.values(), rels):
+        for folder, rel in zip(targets.values(), rels, strict=True):
             if folder.exists() and rel not in ours:
                 raise FileExistsError(
                     f"{folder} exists but was not generated by common.demo (no marker {marker} lists it); "
@@ -963,11 +1100,16 @@ def ensure_demo_dataset(spec: DatasetSpec, root: Path, seed: int) -> Path:
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(dataset_folders(spec, tmp)[split], folder)
             numbers = case_numbers(spec)
-            _write_json(marker, {
-                **want, "complete": True, "folders": rels,
-                "counts": {split: len(numbers[split]) for split in SPLITS},
-                "seconds": round(time.perf_counter() - t0, 2),
-            })
+            _write_json(
+                marker,
+                {
+                    **want,
+                    "complete": True,
+                    "folders": rels,
+                    "counts": {split: len(numbers[split]) for split in SPLITS},
+                    "seconds": round(time.perf_counter() - t0, 2),
+                },
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -1005,8 +1147,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m common.demo",
         description="Generate the synthetic QUBIQ demo datasets in the QUBIQ layout (once per seed).",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output root (default: demo_data/seed<SEED>, "
-                        "where the scripts' --demo looks)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output root (default: demo_data/seed<SEED>, where the scripts' --demo looks)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
     parser.add_argument("--datasets", default="", help="comma-separated dataset names (default: all four)")
     args = parser.parse_args(argv)

@@ -46,7 +46,7 @@ class Geometry:
     size: int
 
     @classmethod
-    def fit(cls, shape: tuple[int, int], size: int) -> "Geometry":
+    def fit(cls, shape: tuple[int, int], size: int) -> Geometry:
         rows, cols = int(shape[0]), int(shape[1])
         scale = min(1.0, size / max(rows, cols))
         resized = (max(1, round(rows * scale)), max(1, round(cols * scale)))

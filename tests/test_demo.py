@@ -251,8 +251,13 @@ def test_kidney_is_int16_hounsfield_and_needs_a_window(root):
         soft = (g == 0) & (hu > 0) & (hu < 100)  # soft tissue (muscle, organs) around 40 HU
         minmax = (hu - hu.min()) / (hu.max() - hu.min())
         window = np.clip(hu, 0, 255) / 255
-        stats.append((hu[kidney].mean(), minmax[kidney].mean() - minmax[soft].mean(),
-                      window[kidney].mean() - window[soft].mean()))
+        stats.append(
+            (
+                hu[kidney].mean(),
+                minmax[kidney].mean() - minmax[soft].mean(),
+                window[kidney].mean() - window[soft].mean(),
+            )
+        )
     hu_kidney, minmax_gap, window_gap = np.mean(stats, axis=0)
     assert 100 <= hu_kidney <= 220
     assert minmax_gap < 0.1 and window_gap > 0.2
