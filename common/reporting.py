@@ -79,24 +79,11 @@ def dice_matrix_csv(scores: dict) -> str:
 
 def format_table(title: str, ensemble: dict, experts: dict[str, dict], references: dict[str, float]) -> str:
     """The printed report; its last line is the overall score."""
-    case_width = max(8, *(len(c) for c in ensemble["cases"]))
-    header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
-    rule = "-" * len(header)
     lines = [
         title,
         "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):",
-        rule,
-        header,
-        rule,
+        *dice_table_lines(ensemble),
     ]
-    for case_id, row in zip(ensemble["cases"], ensemble["dice"], strict=True):
-        lines.append(f"{case_id:<{case_width}} " + " ".join(f"{v:5.3f}" for v in row) + f"  {np.mean(row):5.3f}")
-    lines.append(rule)
-    lines.append(
-        f"{'mean':<{case_width}} "
-        + " ".join(f"{v:5.3f}" for v in ensemble["per_threshold"])
-        + f"  {ensemble['score']:5.3f}"
-    )
     lines.append("")
     lines.append("Each expert's own network against the consensus:")
     for name, result in experts.items():
