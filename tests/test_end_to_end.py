@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -36,8 +37,10 @@ def test_script_on_demo_data(script, task, demo_root, tmp_path):
             "--batch-size",
             "4",
             "--quiet",
+            "--predict-test",
             "--out",
             str(run),
+            *(["--deterministic"] if script == "Brain_Growth" else []),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -73,3 +76,16 @@ def test_script_on_demo_data(script, task, demo_root, tmp_path):
     assert [r[0] for r in rows[1:-1]] == held_out and rows[-1][0] == "mean"
     for case_id in held_out:  # the printed table has one row per held-out case
         assert any(line.startswith(case_id) for line in lines)
+    assert config["deterministic"] is (script == "Brain_Growth")
+    # probability maps for held-out, validation and (with --predict-test) test cases, overlaying the image
+    test_cases = sorted(p.parent.name for p in demo_root.glob(f"test/{spec.name}/**/image.nii.gz"))
+    assert len(test_cases) == spec.n_test and results["predictions"]["test"] == test_cases
+    for case_id in [*held_out, *config["split"]["validation"], *test_cases]:
+        folder = run / "predictions" / spec.name / case_id
+        image = nib.load(next(demo_root.glob(f"*/{spec.name}/**/{case_id}/image.nii.gz")))
+        for path in (folder / f"task{task:02d}.nii.gz", folder / "experts" / f"task{task:02d}_seg02.nii.gz"):
+            written = nib.load(path)
+            assert written.shape[:2] == image.shape[:2] and np.array_equal(written.affine, image.affine), path
+    for name in ("dice_vs_threshold.png", "training_curves.png", f"case_{held_out[0]}.png"):
+        assert (run / "plots" / name).stat().st_size > 10_000
+    assert "QUBIQ score" in (run / "run.log").read_text()

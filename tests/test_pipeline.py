@@ -176,8 +176,18 @@ def test_unwritable_output_fails_before_training(toy_root, tmp_path):
 def test_resume_refuses_another_configuration(toy_root, tmp_path):
     run = tmp_path / "run"
     run_task(
-        SPEC, TINY.replace(epochs=1), 1, toy_root, experts=[1], out=run, verbose=0, plots=False, log=lambda _: None
+        SPEC,
+        TINY.replace(epochs=1),
+        1,
+        toy_root,
+        experts=[1],
+        out=run,
+        verbose=0,
+        plots=False,
+        tensorboard=True,
+        log=lambda _: None,
     )
+    assert any((run / "tensorboard" / "seg01").rglob("events.out.tfevents.*"))
     before = (run / "results.json").read_bytes()
     with pytest.raises(ConfigError, match="another configuration.*settings"):
         run_task(
