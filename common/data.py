@@ -98,14 +98,14 @@ def discover_cases(root: Path, dataset: str, split: str) -> list[Case]:
         )
     if not cases:
         raise DataError(f"no case found in {folder}: expected case folders holding {IMAGE_NAME}")
-    return sorted(cases, key=lambda c: _natural_key(c.case_id))
+    return sorted(cases, key=lambda c: natural_key(c.case_id))
 
 
-def _natural_key(text: str) -> list:
+def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+def read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """The stored array (scaling applied) and the NIfTI object; a corrupt file names itself."""
     try:
         nifti = nib.load(str(path))
@@ -121,7 +121,7 @@ def load_image(path: Path, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
     Accepts 2D arrays, a trailing singleton axis (``640 x 640 x 1``) and channels last
     (``240 x 240 x 4``).
     """
-    array, nifti = _read_nifti(path)
+    array, nifti = read_nifti(path)
     array = _to_2d(array.astype(np.float32, copy=False), path, channels)
     if not np.isfinite(array).all():
         raise DataError(f"{path}: image has {int((~np.isfinite(array)).sum())} NaN or infinite voxels")
@@ -135,7 +135,7 @@ def load_mask(path: Path) -> np.ndarray:
     on-value (e.g. 0/255) is accepted with a warning naming the file; three or more values (a label map,
     a soft or resampled mask) are refused, since no threshold is obviously right for them.
     """
-    array, _ = _read_nifti(path)
+    array, _ = read_nifti(path)
     array = _to_2d(array, path, 1)[..., 0]
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: mask has NaN or infinite voxels")

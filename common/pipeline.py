@@ -101,6 +101,7 @@ class PreparedCase:
     image: np.ndarray  # (S, S, C) float32 in 0..1
     masks: dict[int, np.ndarray]  # expert -> (S, S, 1) float32 0/1
     geometry: Geometry
+    reference: nib.Nifti1Image  # the image's NIfTI (affine and header) that predictions reuse
     original_masks: np.ndarray | None = None  # (experts, rows, cols) bool, kept for scored cases only
     original_image: np.ndarray | None = None  # (rows, cols, channels) in 0..1, kept for scored cases only
     original_experts: list[int] = field(default_factory=list)  # the experts of original_masks, in order
@@ -112,9 +113,9 @@ def prepare_case(loaded: LoadedCase, settings: Settings, keep_original: bool) ->
     image = to_input(normalised, geometry)
     masks = {e: mask_to_input(m, geometry) for e, m in loaded.masks.items()}
     if not keep_original:
-        return PreparedCase(loaded.case, image, masks, geometry)
+        return PreparedCase(loaded.case, image, masks, geometry, loaded.nifti)
     original = loaded.mask_stack() if loaded.masks else None
-    return PreparedCase(loaded.case, image, masks, geometry, original, normalised, sorted(loaded.masks))
+    return PreparedCase(loaded.case, image, masks, geometry, loaded.nifti, original, normalised, sorted(loaded.masks))
 
 
 def stack_for_expert(cases: list[PreparedCase], expert: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -314,7 +315,7 @@ def run_task(
             write_prediction(
                 prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
                 probability,
-                nib.load(case.case.image_path),
+                case.reference,
             )
             if case.case.case_id in held:
                 held_maps[name][case.case.case_id] = probability
@@ -324,7 +325,7 @@ def run_task(
         write_prediction(
             prediction_path(predictions_root, spec.name, case.case.case_id, task),
             ensemble_all[case.case.case_id],
-            nib.load(case.case.image_path),
+            case.reference,
         )
     truth = {c.case.case_id: c.original_masks for c in scored}
     ensemble = {case_id: ensemble_all[case_id] for case_id in held_out}

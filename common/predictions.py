@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data import DataError, _natural_key, _read_nifti
+from common.data import DataError, natural_key, read_nifti
 
 EXPERTS_SUBFOLDER = "experts"
 ENSEMBLE_PATTERN = re.compile(r"^task(\d+)\.nii(\.gz)?$")
@@ -117,7 +117,7 @@ def read_prediction(path: Path) -> np.ndarray:
     Raises:
         DataError: the file cannot be read, or is not a 2D map; the message names the file.
     """
-    array, _ = _read_nifti(path)
+    array, _ = read_nifti(path)
     shape = array.shape
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -154,4 +154,4 @@ def find_predictions(pred_dir: Path, dataset: str, task: int) -> dict[str, Path]
             f"no prediction of task {task} in {folder}: expected {folder}/<case>/task{task:02d}.nii.gz "
             f"(or {pred_dir}/{dataset}/<case>/task{task:02d}.nii.gz)"
         )
-    return dict(sorted(found.items(), key=lambda item: _natural_key(item[0])))
+    return dict(sorted(found.items(), key=lambda item: natural_key(item[0])))
