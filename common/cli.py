@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.switches import PRESETS, SWITCHES, Switch, apply_switches, preset
 
 DEFAULT_DATA_ROOT = Path("Project_data")
 DEFAULT_DEMO_ROOT = Path("demo_data")
@@ -72,25 +73,6 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         "--experts", type=parse_experts, default=None, help=f"experts to train, e.g. 1,3 (default: all {spec.experts})"
     )
     parser.add_argument(
-        "--epochs",
-        type=int_at_least(1),
-        default=None,
-        help=f"training epochs per expert (default: {study.epochs}; {demo.epochs} with --demo)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int_at_least(1),
-        default=None,
-        help=f"batch size (default: {study.batch_size}; {demo.batch_size} with --demo)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int_at_least(1),
-        default=None,
-        help=f"network input size in pixels, a multiple of 2**depth "
-        f"(default: {study.input_size}; {demo.input_size} with --demo)",
-    )
-    parser.add_argument(
         "--seed",
         type=int_at_least(0),
         default=None,
@@ -123,25 +105,88 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into the run folder")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
+    parser.add_argument(
+        "--folds",
+        type=int_at_least(2),
+        default=None,
+        metavar="K",
+        help="K-fold cross-validation over the training and validation cases instead of one held-out split: "
+        "every fold trains the per-expert ensemble and scores its held-out cases; folds are saved in splits.json",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --folds: reuse the folds of this splits.json (from an earlier cross-validation or experiment)",
+    )
+    add_switches(parser, spec, study, demo)
     return parser
 
 
-def resolve_settings(args: argparse.Namespace, study: Settings, demo: Settings) -> Settings:
-    """The preset (study or demo) with the command line's overrides; ConfigError names a bad option."""
-    base = demo if args.demo else study
-    changes = {}
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
-    if args.image_size is not None:
-        if args.image_size % (2**base.depth):
-            raise ConfigError(
-                f"--image-size {args.image_size} is not divisible by 2**depth = {2**base.depth} "
-                f"(the network pools {base.depth} times); use a multiple of {2**base.depth}"
-            )
-        changes["input_size"] = args.image_size
-    return base.replace(**changes)
+def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Settings, demo: Settings) -> None:
+    """``--preset`` and one option per switch of :mod:`common.switches`, each defaulting to the preset's value."""
+    group = parser.add_argument_group(
+        "settings",
+        "each defaults to the preset's value: 'default' (the study's settings with early stopping), "
+        "'study' (the original study exactly, for a GPU server) or 'demo' (CPU-sized, the default with --demo)",
+    )
+    group.add_argument("--preset", choices=PRESETS, default=None, help="the settings to start from")
+    presets = {name: preset(name, study, demo) for name in PRESETS}
+    for name, entry in SWITCHES.items():
+        if name == "ct_window" and spec.modality != "CT":
+            continue  # MRI: no Hounsfield units to window
+        values = "; ".join(f"{p}: {entry.show(getattr(s, entry.field))}" for p, s in presets.items())
+        group.add_argument(
+            entry.option,
+            dest=f"switch_{name}",
+            type=_argparse_type(entry),
+            default=argparse.SUPPRESS,  # absent unless given: "off" parses to None
+            metavar=entry.metavar,
+            help=f"{entry.help} ({values})",
+        )
+
+
+def _argparse_type(entry: Switch):
+    def parse(text: str):
+        try:
+            return entry.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = entry.name  # argparse names the type in its messages
+    return parse
+
+
+def switch_values(args: argparse.Namespace) -> dict:
+    """The switches given on the command line, by name, parsed."""
+    return {name: getattr(args, f"switch_{name}") for name in SWITCHES if hasattr(args, f"switch_{name}")}
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    """``--preset``, else ``demo`` with ``--demo``, else ``default``."""
+    if getattr(args, "preset", None):
+        return args.preset
+    return "demo" if args.demo else "default"
+
+
+def resolve_settings(
+    args: argparse.Namespace,
+    study: Settings,
+    demo: Settings,
+    spec: DatasetSpec | None = None,
+    base: Settings | None = None,
+) -> Settings:
+    """The preset (or ``base``) with the command line's switches; ConfigError names a bad option."""
+    base = base if base is not None else preset(preset_name(args), study, demo)
+    values = switch_values(args)
+    size, depth = values.get("image_size", base.input_size), values.get("depth", base.depth)
+    if size % (2**depth):
+        raise ConfigError(
+            f"--image-size {size} is not divisible by 2**depth = {2**depth} "
+            f"(the network pools {depth} times); use a multiple of {2**depth}"
+        )
+    return apply_switches(base, values, spec)
 
 
 def resolve_data_root(args: argparse.Namespace) -> Path:
@@ -172,6 +217,8 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
             f"--resume {args.resume}: the run is of dataset {saved_name}, not {spec.name}; "
             f"resume it with that dataset's script"
         )
+    if args.preset is not None:
+        raise ConfigError("--preset and --resume: a resumed run keeps the settings saved in its config.json")
     if args.out is not None and args.out != args.resume:
         raise ConfigError("--out and --resume name different folders; a resumed run stays in its own folder")
     args.out = args.resume
@@ -182,7 +229,11 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     args.demo = args.demo or bool(saved.get("demo"))
     args.deterministic = args.deterministic or bool(saved.get("deterministic"))
     args.command = saved.get("command")
-    return resolve_settings(args, saved_settings, saved_settings)
+    if saved.get("kind") == "cross-validation":
+        if args.folds is not None and args.folds != saved["folds"]:
+            raise ConfigError(f"--resume {args.resume}: the run has {saved['folds']} folds, not --folds {args.folds}")
+        args.folds = saved["folds"]
+    return resolve_settings(args, study, demo, spec, base=saved_settings)
 
 
 def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: list[str] | None = None) -> dict:
@@ -200,7 +251,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         else:
             args.task = task if args.task is None else args.task
             args.seed = 0 if args.seed is None else args.seed
-            settings = resolve_settings(args, study, demo)
+            settings = resolve_settings(args, study, demo, spec)
         check_task(spec, args.task)
         check_experts(spec, args.experts)
         data_root = resolve_data_root(args)
@@ -209,6 +260,29 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
 
             print(f"demo data: {data_root} (all four datasets, generated once from seed {args.seed})")
             ensure_demo_data(data_root, args.seed, extra=spec)
+        extra_config = {"demo": args.demo, "command": args.command}
+        if args.folds is not None or args.splits is not None:
+            for flag, given in (("--predict-test", args.predict_test), ("--tensorboard", args.tensorboard)):
+                if given:
+                    raise ConfigError(f"{flag} applies to a single run, not to cross-validation (--folds/--splits)")
+            from common.crossval import run_cross_validation
+
+            return run_cross_validation(
+                spec,
+                settings,
+                args.task,
+                data_root,
+                args.folds,
+                experts=args.experts,
+                seed=args.seed,
+                out=args.out,
+                resume=args.resume is not None,
+                splits_file=args.splits,
+                deterministic=args.deterministic,
+                plots=not args.no_plots,
+                verbose=0 if args.quiet else 2,
+                extra_config=extra_config,
+            )
         from common.pipeline import run_task
 
         return run_task(
@@ -225,7 +299,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             tensorboard=args.tensorboard,
             plots=not args.no_plots,
             verbose=0 if args.quiet else 2,
-            extra_config={"demo": args.demo, "command": args.command},
+            extra_config=extra_config,
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

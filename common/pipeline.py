@@ -157,6 +157,28 @@ PLOTS_FOLDER = "plots"
 RESUME_KEYS = ("dataset", "task", "experts", "seed", "settings", "data_root", "split_seeded")
 
 
+def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, list[str]]:
+    """A given split's roles, checked: known case ids, unique across folders, no case in two roles."""
+    ids = [c.case_id for c in cases]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(
+            f"case id(s) {', '.join(repeated)} occur in both the training and the validation folders; "
+            "cross-validation needs unique case names"
+        )
+    roles = {role: list(split.get(role, [])) for role in ("train", "validation", "held_out")}
+    unknown = sorted(set().union(*roles.values()) - set(ids))
+    if unknown:
+        raise DataError(f"the split names case(s) not found in the data: {', '.join(unknown)}")
+    for a, b in (("train", "validation"), ("train", "held_out"), ("validation", "held_out")):
+        both = sorted(set(roles[a]) & set(roles[b]))
+        if both:
+            raise ConfigError(f"the split puts case(s) {', '.join(both)} in both {a} and {b}")
+    if not roles["train"] or not roles["held_out"]:
+        raise ConfigError("the split needs at least one training case and one held-out case")
+    return roles
+
+
 def open_run_dir(out: Path | None, spec: DatasetSpec, task: int, resume: bool) -> Path:
     """The run folder: a new one, or with ``resume`` the existing one holding ``config.json``."""
     if not resume:
@@ -196,13 +218,21 @@ def run_task(
     verbose: int = 2,
     log: Callable[[str], None] = print,
     extra_config: dict | None = None,
+    split: dict[str, list[str]] | None = None,
 ) -> dict:
     """Train one network per expert for ``task``, ensemble them on the held-out cases and score them.
 
     Also writes, on each case's own grid, every expert's and the ensemble's probability map of the
     held-out and validation cases (and, with ``predict_test``, of the official test cases) as NIfTI,
-    and the plots. With ``resume``, ``out`` is an interrupted run folder: finished experts are reused,
-    an interrupted one continues from its last epoch.
+    and the plots.
+
+    The held-out cases are ``spec.n_held_out`` training cases drawn from ``seed``, the official
+    validation cases choose the best epoch, and the other training cases train. ``split`` (a fold of
+    :mod:`common.crossval`: case ids under ``train``, ``validation`` and ``held_out``, drawn from
+    both the training and the validation folders) replaces that choice.
+
+    With ``resume``, ``out`` is an interrupted run folder: finished experts are reused, an interrupted
+    one continues from its last epoch.
 
     Returns the results (also written to ``results.json`` in the run folder, whose path is under
     ``results["run_dir"]``).
@@ -213,10 +243,23 @@ def run_task(
     try:
         validation_cases = discover_cases(data_root, spec.name, "validation")
     except DataError as error:
+        if split is not None:
+            raise
         log(f"warning: {error}; the best epoch is chosen by training loss")
         validation_cases = []
     test_cases = discover_cases(data_root, spec.name, "test") if predict_test else []
-    held_out = choose_held_out([c.case_id for c in train_cases], spec.n_held_out, seed)
+    if split is None:
+        held_out = choose_held_out([c.case_id for c in train_cases], spec.n_held_out, seed)
+        roles = {
+            "train": [c.case_id for c in train_cases if c.case_id not in held_out],
+            "validation": [c.case_id for c in validation_cases],
+            "held_out": held_out,
+        }
+        split_record = {"held_out": held_out}
+    else:
+        roles = check_split(split, train_cases + validation_cases)
+        held_out = roles["held_out"]
+        split_record = roles
     config = {
         "dataset": spec.to_dict(),
         "task": task,
@@ -226,7 +269,7 @@ def run_task(
         "deterministic": deterministic,
         "data_root": str(Path(data_root).resolve()),
         "settings": settings.to_dict(),
-        "split_seeded": {"held_out": held_out},
+        "split_seeded": split_record,
         **(extra_config or {}),
     }
     config = _json_ready(config)
@@ -247,17 +290,19 @@ def run_task(
     write_json(run_dir / "config.json", config)
 
     held = set(held_out)
-    pool, scored = [], []
-    for case in train_cases:
-        prepared = prepare_case(load_case(case, spec, task), settings, keep_original=case.case_id in held)
-        (scored if case.case_id in held else pool).append(prepared)
-    validation = [prepare_case(load_case(c, spec, task), settings, keep_original=False) for c in validation_cases]
+    by_id = {c.case_id: c for c in train_cases + validation_cases}
+
+    def prepared(role: str) -> list[PreparedCase]:
+        keep = role == "held_out"
+        return [prepare_case(load_case(by_id[i], spec, task), settings, keep_original=keep) for i in roles[role]]
+
+    pool, validation, scored = prepared("train"), prepared("validation"), prepared("held_out")
     test = [prepare_case(load_case(c, spec, task), settings, keep_original=False) for c in test_cases]
     unscorable = [c.case.case_id for c in scored if c.original_masks is None]
     if unscorable:
         raise DataError(f"held-out case(s) {', '.join(unscorable)} have no mask for task {task}: cannot score them")
 
-    split = Split([c.case.case_id for c in pool], [c.case.case_id for c in validation], held_out)
+    record = Split([c.case.case_id for c in pool], [c.case.case_id for c in validation], held_out)
     predicted = scored + validation + test
     predicted_images = np.stack([c.image for c in predicted])
     predictions_root = run_dir / PREDICTIONS_FOLDER
@@ -269,7 +314,7 @@ def run_task(
         name = expert_name(expert)
         expert_dir = run_dir / EXPERTS_FOLDER / name
         prefix = f"[expert {number}/{len(experts)}] {name}"
-        split.per_expert[name] = {
+        record.per_expert[name] = {
             "train": [c.case.case_id for c in pool if expert in c.masks],
             "validation": [c.case.case_id for c in validation if expert in c.masks],
         }
@@ -333,7 +378,7 @@ def run_task(
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     references = reference_scores(truth)
 
-    config["split"] = split.to_dict()
+    config["split"] = record.to_dict()
     write_json(run_dir / "config.json", config)
     results = {
         "dataset": spec.name,
@@ -359,7 +404,7 @@ def run_task(
         "predictions": {
             "folder": str(predictions_root),
             "held_out": held_out,
-            "validation": split.validation,
+            "validation": record.validation,
             "test": [c.case.case_id for c in test],
         },
         "training_seconds": time.perf_counter() - started,

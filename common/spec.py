@@ -17,6 +17,9 @@ class ConfigError(ValueError):
 
 SPLITS = ("train", "validation", "test")
 
+#: Training losses (see :mod:`common.losses`): soft Dice, or soft Dice plus binary cross-entropy.
+LOSS_NAMES = ("dice", "dice+bce")
+
 #: Folder names of the splits as distributed: ``<root>/<top>/<dataset>/[<inner>/]caseNN``.
 SPLIT_FOLDERS = {
     "train": ("training_data_v2", "Training"),
@@ -96,9 +99,13 @@ class Settings:
         batch_norm: batch normalisation in the conv blocks.
         batch_size, learning_rate, epochs: the optimiser (Adam) and its schedule.
         ct_window: ``(low, high)`` in Hounsfield units applied before rescaling, or None.
+        augment: on-the-fly augmentation at all; when False the ranges below are ignored.
         rotation: maximal random rotation in degrees (0 disables).
         shift: maximal random shift as a fraction of the size (0 disables).
         flip: random horizontal flip.
+        loss: ``"dice"`` (the study's soft Dice) or ``"dice+bce"`` (soft Dice plus binary cross-entropy).
+        patience: stop an expert's training once its validation loss has not improved for this many
+            epochs (early stopping); 0 trains all ``epochs`` (the study).
     """
 
     input_size: int
@@ -112,9 +119,12 @@ class Settings:
     learning_rate: float = 1e-4
     epochs: int = 500
     ct_window: tuple[float, float] | None = None
+    augment: bool = True
     rotation: float = 10.0
     shift: float = 0.1
     flip: bool = True
+    loss: str = "dice"
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.dropout not in ("spatial", "standard", "none"):
@@ -124,6 +134,14 @@ class Settings:
         for attr in ("input_size", "depth", "base_filters", "batch_size", "epochs"):
             if getattr(self, attr) < 1:
                 raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
+        if not 0 <= self.shift < 1:
+            raise ConfigError(f"shift must be a fraction in [0, 1), got {self.shift}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.input_size % (2**self.depth):

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.augmentation import Augmentation, random_transform
-from common.losses import SoftDiceLoss, dice_coefficient
+from common.losses import dice_coefficient, make_loss
 from common.models import build_unet
 from common.reporting import write_atomic
 from common.spec import Settings
@@ -60,7 +60,10 @@ def build_model(settings: Settings, channels: int) -> keras.Model:
     )
 
 
-def augmentation_of(settings: Settings) -> Augmentation:
+def augmentation_of(settings: Settings) -> Augmentation | None:
+    """The random transform's ranges, or None when augmentation is switched off."""
+    if not settings.augment:
+        return None
     return Augmentation(rotation=settings.rotation, shift=settings.shift, flip=settings.flip)
 
 
@@ -136,6 +139,9 @@ class EpochRecorder(keras.callbacks.Callback):
     """After each epoch: the best model, the CSV log, one plain-text line, then the resume backup.
 
     The backup comes last, so a resumed training never skips an epoch whose effects were not saved.
+    With ``patience > 0`` it also stops training once ``patience`` epochs have passed without a better
+    ``monitor`` value (early stopping). The count is taken from the rows of the log, so it survives a
+    resume, which Keras's own ``EarlyStopping`` (whose counter lives in memory) would not.
     """
 
     def __init__(
@@ -147,10 +153,14 @@ class EpochRecorder(keras.callbacks.Callback):
         label: str,
         epochs: int,
         log: Callable[[str], None],
+        patience: int = 0,
     ):
         super().__init__()
         self.out_dir, self.monitor, self.rows, self.best = out_dir, monitor, rows, best
-        self.label, self.epochs, self.log = label, epochs, log
+        self.label, self.epochs, self.log, self.patience = label, epochs, log, patience
+        values = [float(row[monitor]) for row in rows if monitor in row]
+        self.best_epoch = int(np.argmin(values)) + 1 if values else 0
+        self.stopped_early = False
         self._started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -161,7 +171,7 @@ class EpochRecorder(keras.callbacks.Callback):
         value = logs.get(self.monitor, math.inf)
         improved = value < self.best
         if improved:
-            self.best = value
+            self.best, self.best_epoch = value, epoch + 1
             save_model_atomic(self.model, self.out_dir / MODEL_FILE)
         self.rows.append({"epoch": epoch + 1, **{k: f"{v:.6g}" for k, v in sorted(logs.items())}})
         write_log(self.out_dir / LOG_FILE, self.rows)
@@ -172,6 +182,13 @@ class EpochRecorder(keras.callbacks.Callback):
         )
         save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
         write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch + 1, "best": self.best}) + "\n")
+        if self.patience and epoch + 1 - self.best_epoch >= self.patience and epoch + 1 < self.epochs:
+            self.stopped_early = True
+            self.model.stop_training = True
+            self.log(
+                f"{self.label}: early stop after epoch {epoch + 1}: no better {self.monitor} for "
+                f"{self.patience} epochs (best at epoch {self.best_epoch})"
+            )
 
 
 @dataclass
@@ -186,6 +203,8 @@ class TrainedExpert:
     epochs: int
     seconds: float
     resumed_from_epoch: int = 0
+    parameters: int = 0
+    stopped_early: bool = False
 
     def to_dict(self) -> dict:
         return {**asdict(self), "model_path": str(self.model_path)}
@@ -232,16 +251,21 @@ def train_expert(
         model = build_model(settings, channels=train[0].shape[-1])
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
-            loss=SoftDiceLoss(),
+            loss=make_loss(settings.loss),
             metrics=[dice_coefficient],
         )
+    parameters = model.count_params()
     rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
-    recorder = EpochRecorder(out_dir, monitor, rows, best, f"seg{expert:02d}", settings.epochs, log)
+    recorder = EpochRecorder(
+        out_dir, monitor, rows, best, f"seg{expert:02d}", settings.epochs, log, patience=settings.patience
+    )
+    # An interrupted training that had already stopped early has nothing left to do.
+    already_stopped = bool(settings.patience and first_epoch and first_epoch - recorder.best_epoch >= settings.patience)
     callbacks: list[keras.callbacks.Callback] = [recorder]
     if tensorboard_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
     start = time.perf_counter()
-    if first_epoch < settings.epochs:
+    if first_epoch < settings.epochs and not already_stopped:
         stream = training_dataset(
             *train,
             settings.batch_size,
@@ -265,7 +289,16 @@ def train_expert(
     best_index = int(np.argmin(losses))
     keras.backend.clear_session()
     return TrainedExpert(
-        expert, out_dir / MODEL_FILE, best_index + 1, losses[best_index], monitor, len(losses), seconds, first_epoch
+        expert,
+        out_dir / MODEL_FILE,
+        best_index + 1,
+        losses[best_index],
+        monitor,
+        len(losses),
+        seconds,
+        first_epoch,
+        parameters,
+        recorder.stopped_early or (settings.patience > 0 and len(losses) < settings.epochs),
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 import Prostate
 from common.cli import build_parser, resolve_data_root, resolve_settings
 from common.spec import ConfigError
+from common.switches import default_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,9 +57,17 @@ def test_help_shows_defaults():
         "--image-size",
         "--seed",
         "--out",
+        "--preset",
+        "--folds",
+        "--splits",
+        "--dropout",
+        "--convlstm",
+        "--patience",
     ):
         assert flag in result.stdout
-    assert f"default: {Prostate.STUDY.epochs}; {Prostate.DEMO.epochs} with --demo" in " ".join(result.stdout.split())
+    text = " ".join(result.stdout.split())
+    assert f"(default: {Prostate.STUDY.epochs}; study: {Prostate.STUDY.epochs}; demo: {Prostate.DEMO.epochs})" in text
+    assert "--ct-window" not in text  # MRI
 
 
 def parse(*argv):
@@ -67,7 +76,8 @@ def parse(*argv):
 
 
 def test_presets_and_overrides():
-    assert resolve_settings(parse(), Prostate.STUDY, Prostate.DEMO) == Prostate.STUDY
+    assert resolve_settings(parse(), Prostate.STUDY, Prostate.DEMO) == default_preset(Prostate.STUDY)
+    assert resolve_settings(parse("--preset", "study"), Prostate.STUDY, Prostate.DEMO) == Prostate.STUDY
     assert resolve_settings(parse("--demo"), Prostate.STUDY, Prostate.DEMO) == Prostate.DEMO
     settings = resolve_settings(
         parse("--demo", "--epochs", "3", "--image-size", "64", "--batch-size", "2"), Prostate.STUDY, Prostate.DEMO

@@ -5,55 +5,17 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import write_case
+from helpers import SPEC, TINY, make_toy_root
 
 from common.data import DataError
 from common.pipeline import check_experts, check_task, choose_held_out, new_run_dir, run_task
 from common.score import score_folder
-from common.spec import ConfigError, DatasetSpec, Settings
-
-SPEC = DatasetSpec(
-    name="toy",
-    title="Toy",
-    modality="MRI",
-    channels=1,
-    tasks=1,
-    experts=2,
-    image_shape=(20, 24),
-    n_train=5,
-    n_validation=2,
-    n_test=1,
-    n_held_out=2,
-)
-TINY = Settings(input_size=16, depth=2, base_filters=4, batch_size=2, learning_rate=1e-3, epochs=2)
-
-
-def toy_case(rng, grow):
-    image = rng.normal(0, 0.1, (20, 24)).astype(np.float32)
-    top, left = rng.integers(3, 8), rng.integers(3, 10)
-    image[top : top + 8, left : left + 8] += 1
-    masks = {}
-    for expert in (1, 2):
-        mask = np.zeros((20, 24), np.uint8)
-        g = grow if expert == 2 else 0
-        mask[top - g : top + 8 + g, left - g : left + 8 + g] = 1
-        masks[(1, expert)] = mask
-    return image, masks
+from common.spec import ConfigError, DatasetSpec
 
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qubiq")
-    rng = np.random.default_rng(0)
-    for number in range(1, 6):
-        image, masks = toy_case(rng, grow=1)
-        if number == 3:
-            del masks[(1, 2)]  # expert 2 did not annotate case03
-        write_case(root / "training_data_v2" / "toy" / "Training" / f"case{number:02d}", image, masks)
-    for number in (6, 7):
-        image, masks = toy_case(rng, grow=1)
-        write_case(root / "validation_data_v2" / "toy" / "Validation" / f"case{number:02d}", image, masks)
-    return root
+    return make_toy_root(tmp_path_factory.mktemp("qubiq"))
 
 
 def test_run_task_end_to_end(toy_root, tmp_path):

@@ -1,0 +1,285 @@
+"""K-fold cross-validation: seeded folds saved in ``splits.json``, one per-expert ensemble per fold.
+
+A dataset has 4 to 7 held-out cases in the study's single split: too few to tell two settings apart.
+Cross-validation holds out every training and validation case once. For fold ``k``:
+
+- ``held_out``: the cases of fold ``k``; they are scored and never trained or validated on;
+- ``validation``: a seeded draw from the other folds, in the proportion of the official validation
+  split (at least one case); it chooses each network's best epoch;
+- ``train``: the remaining cases.
+
+The folds are a function of the case ids, ``K`` and the seed, and are written to ``splits.json`` so that
+an experiment's variants, a resumed run or a later run (``--splits``) use exactly the same folds.
+
+A cross-validation folder::
+
+    config.json        what was run (dataset, task, experts, seed, settings, folds)
+    splits.json        the folds
+    run.log
+    fold1/ ... foldK/  one complete run folder per fold (experts/, predictions/, results.json, plots/)
+    cv_results.json    the QUBIQ score per fold, its mean and standard deviation, the score per case
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from common.data import DataError, discover_cases, natural_key
+from common.pipeline import check_experts, check_resumable, check_task, new_run_dir, prepare_run_dir, run_task
+from common.reporting import RunLog, versions, write_json
+from common.spec import ConfigError, DatasetSpec, Settings
+
+SPLITS_FILE = "splits.json"
+RESULTS_FILE = "cv_results.json"
+ROLES = ("train", "validation", "held_out")
+
+
+def make_folds(case_ids: list[str], folds: int, seed: int, validation_fraction: float) -> list[dict[str, list[str]]]:
+    """``folds`` seeded folds over ``case_ids``, each with its train, validation and held-out cases.
+
+    The cases are shuffled with ``seed`` and dealt into ``folds`` groups whose sizes differ by at most
+    one; fold ``k`` holds out group ``k``. Of the other cases, ``round(validation_fraction * n)`` (at
+    least one, and at least one left to train) validate, drawn with ``(seed, k)``; the rest train.
+    Case ids within a role are in natural order.
+    """
+    ids = sorted(set(case_ids), key=natural_key)
+    if len(ids) != len(case_ids):
+        raise DataError("case ids must be unique to make folds")
+    if folds < 2:
+        raise ConfigError(f"--folds must be at least 2, got {folds}")
+    if folds > len(ids):
+        raise ConfigError(f"--folds {folds}: only {len(ids)} cases to share among the folds")
+    if not 0 <= validation_fraction < 1:
+        raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    groups = [sorted((ids[i] for i in part), key=natural_key) for part in np.array_split(order, folds)]
+    result = []
+    for k, held_out in enumerate(groups):
+        rest = [i for i in ids if i not in set(held_out)]
+        n_validation = min(max(1, round(validation_fraction * len(rest))), len(rest) - 1)
+        chosen = np.random.default_rng([seed, k]).choice(len(rest), size=n_validation, replace=False)
+        validation = sorted((rest[i] for i in chosen), key=natural_key)
+        train = [i for i in rest if i not in set(validation)]
+        result.append({"train": train, "validation": validation, "held_out": held_out})
+    return result
+
+
+def check_folds(folds: list[dict[str, list[str]]], case_ids: list[str] | None = None, where: str = "splits") -> None:
+    """Every fold has the three roles, no case plays two roles in a fold, and each case is held out once.
+
+    With ``case_ids``, the folds must name exactly these cases (those of the data being used).
+    """
+    if len(folds) < 2:
+        raise ConfigError(f"{where}: needs at least 2 folds, found {len(folds)}")
+    held_count: dict[str, int] = {}
+    for k, fold in enumerate(folds, start=1):
+        if set(fold) != set(ROLES):
+            raise ConfigError(f"{where}: fold {k} must have exactly the keys {', '.join(ROLES)}, has {sorted(fold)}")
+        for a, b in (("train", "validation"), ("train", "held_out"), ("validation", "held_out")):
+            both = sorted(set(fold[a]) & set(fold[b]), key=natural_key)
+            if both:
+                raise ConfigError(f"{where}: fold {k} puts case(s) {', '.join(both)} in both {a} and {b}")
+        if not fold["train"] or not fold["held_out"]:
+            raise ConfigError(f"{where}: fold {k} needs at least one training and one held-out case")
+        for case_id in fold["held_out"]:
+            held_count[case_id] = held_count.get(case_id, 0) + 1
+    twice = sorted((c for c, n in held_count.items() if n > 1), key=natural_key)
+    if twice:
+        raise ConfigError(f"{where}: case(s) {', '.join(twice)} are held out in more than one fold")
+    if case_ids is not None:
+        named = set(held_count).union(*(set(f["train"]) | set(f["validation"]) for f in folds))
+        missing, unknown = set(case_ids) - set(held_count), named - set(case_ids)
+        if unknown:
+            raise ConfigError(f"{where}: names case(s) not in the data: {', '.join(sorted(unknown, key=natural_key))}")
+        if missing:
+            raise ConfigError(f"{where}: case(s) {', '.join(sorted(missing, key=natural_key))} are never held out")
+
+
+def write_splits(path: Path, folds: list[dict[str, list[str]]], dataset: str, seed: int | None) -> None:
+    write_json(path, {"dataset": dataset, "seed": seed, "folds": folds})
+
+
+def read_splits(path: Path, dataset: str, case_ids: list[str] | None = None) -> list[dict[str, list[str]]]:
+    """The folds of a ``splits.json``, checked against the dataset and (optionally) its cases."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        folds = saved["folds"]
+    except FileNotFoundError:
+        raise ConfigError(f"--splits {path}: no such file") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"--splits {path}: not a splits.json ({error})") from None
+    if saved.get("dataset") != dataset:
+        raise ConfigError(f"--splits {path}: made for dataset {saved.get('dataset')!r}, not {dataset!r}")
+    check_folds(folds, case_ids, where=f"--splits {path}")
+    return folds
+
+
+def validation_fraction(spec: DatasetSpec) -> float:
+    """The official validation split's share of the training and validation cases (kidney: 4 / 24)."""
+    return spec.n_validation / (spec.n_train + spec.n_validation)
+
+
+def default_cv_dir(spec: DatasetSpec, task: int, folds: int) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{spec.name}-task{task}-cv{folds}-{stamp}"
+
+
+def fold_statistics(scores: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single fold) of the per-fold scores."""
+    values = np.asarray(scores, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def format_cv_table(title: str, folds: list[dict]) -> str:
+    mean, std = fold_statistics([f["score"] for f in folds])
+    lines = [title, f"{'fold':>4}  {'held-out cases':<40} {'QUBIQ':>7} {'training':>9}"]
+    for f in folds:
+        cases = ", ".join(f["held_out"])
+        cases = cases if len(cases) <= 40 else cases[:37] + "..."
+        lines.append(f"{f['fold']:>4}  {cases:<40} {f['score']:7.4f} {f['training_seconds']:8.0f}s")
+    lines.append(f"QUBIQ score over {len(folds)} folds: {mean:.4f} +/- {std:.4f} (mean +/- standard deviation)")
+    return "\n".join(lines)
+
+
+def run_cross_validation(
+    spec: DatasetSpec,
+    settings: Settings,
+    task: int,
+    data_root: Path,
+    folds: int | None = None,
+    *,
+    experts: list[int] | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    resume: bool = False,
+    splits_file: Path | None = None,
+    deterministic: bool = False,
+    plots: bool = True,
+    verbose: int = 2,
+    log: Callable[[str], None] = print,
+    extra_config: dict | None = None,
+) -> dict:
+    """Train and score the per-expert ensemble in every fold; the QUBIQ score per fold, mean and spread.
+
+    The folds come from ``splits_file`` when given, else from the run folder's ``splits.json`` when
+    resuming, else from :func:`make_folds` with ``seed``. Each fold's run folder is a complete
+    :func:`~common.pipeline.run_task` folder; with ``resume`` finished folds are reused and an
+    interrupted one continues. Returns what ``cv_results.json`` holds.
+    """
+    check_task(spec, task)
+    experts = check_experts(spec, experts)
+    cases = discover_cases(data_root, spec.name, "train") + discover_cases(data_root, spec.name, "validation")
+    case_ids = [c.case_id for c in cases]
+    if len(set(case_ids)) != len(case_ids):
+        raise DataError("the training and validation folders share case names; cross-validation needs unique names")
+    if resume and (out is None or not (out / SPLITS_FILE).is_file()):
+        raise ConfigError(f"--resume {out}: not a cross-validation folder (no {SPLITS_FILE} there)")
+    if splits_file is not None:
+        split_list = read_splits(splits_file, spec.name, case_ids)
+    elif resume:
+        split_list = read_splits(out / SPLITS_FILE, spec.name, case_ids)
+    else:
+        if folds is None:
+            raise ConfigError("give --folds K or --splits FILE for cross-validation")
+        split_list = make_folds(case_ids, folds, seed, validation_fraction(spec))
+    if folds is not None and folds != len(split_list):
+        source = splits_file if splits_file is not None else out / SPLITS_FILE
+        raise ConfigError(f"--folds {folds}, but {source} holds {len(split_list)} folds")
+    k = len(split_list)
+    config = json.loads(
+        json.dumps(
+            {
+                "kind": "cross-validation",
+                "dataset": spec.to_dict(),
+                "task": task,
+                "task_name": spec.task_name(task),
+                "experts": experts,
+                "seed": seed,
+                "deterministic": deterministic,
+                "data_root": str(Path(data_root).resolve()),
+                "settings": settings.to_dict(),
+                "folds": k,
+                "split_seeded": {"folds": split_list},
+                **(extra_config or {}),
+            }
+        )
+    )
+    if resume:
+        check_resumable(json.loads((out / "config.json").read_text()), config, out)
+        cv_dir = out
+    else:
+        cv_dir = prepare_run_dir(out if out is not None else new_run_dir(default_cv_dir(spec, task, k)), spec, task)
+        config["versions"] = versions()
+        write_json(cv_dir / "config.json", config)
+        write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed if splits_file is None else None)
+    runlog = RunLog(cv_dir / "run.log", echo=log)
+    runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
+    started = time.perf_counter()
+    fold_results = []
+    for number, fold in enumerate(split_list, start=1):
+        fold_dir = cv_dir / f"fold{number}"
+        prefix = f"[fold {number}/{k}]"
+        if (fold_dir / "results.json").is_file():
+            results = json.loads((fold_dir / "results.json").read_text())
+            runlog(f"{prefix} already done (QUBIQ {results['score']:.4f}), reusing it")
+        else:
+            resuming = (fold_dir / "config.json").is_file()
+            runlog(
+                f"{prefix} {'continuing' if resuming else 'training'}: {len(fold['train'])} training, "
+                f"{len(fold['validation'])} validation, {len(fold['held_out'])} held-out cases "
+                f"(elapsed {time.perf_counter() - started:.0f} s)"
+            )
+            results = run_task(
+                spec,
+                settings,
+                task,
+                data_root,
+                experts=experts,
+                seed=seed,
+                out=fold_dir,
+                resume=resuming,
+                deterministic=deterministic,
+                plots=plots,
+                verbose=verbose,
+                log=runlog,
+                extra_config={"fold": number, "folds": k, **(extra_config or {})},
+                split=fold,
+            )
+            runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
+        per_expert = results.get("per_expert", {})
+        fold_results.append(
+            {
+                "fold": number,
+                "score": results["score"],
+                "held_out": fold["held_out"],
+                "per_case": results["per_case"],
+                "training_seconds": results["training_seconds"],
+                "networks": len(per_expert),
+                "parameters": max((e.get("parameters", 0) for e in per_expert.values()), default=0),
+                "run_dir": str(fold_dir),
+            }
+        )
+    mean, std = fold_statistics([f["score"] for f in fold_results])
+    summary = {
+        "dataset": spec.name,
+        "task": task,
+        "folds": fold_results,
+        "fold_scores": [f["score"] for f in fold_results],
+        "mean": mean,
+        "std": std,
+        "per_case": {c: s for f in fold_results for c, s in f["per_case"].items()},
+        "training_seconds": sum(f["training_seconds"] for f in fold_results),
+        "networks": sum(f["networks"] for f in fold_results),
+        "parameters": max(f["parameters"] for f in fold_results),
+        "run_dir": str(cv_dir),
+    }
+    write_json(cv_dir / RESULTS_FILE, summary)
+    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {k}-fold cross-validation"
+    runlog(format_cv_table(title, fold_results))
+    return summary

@@ -1,0 +1,339 @@
+"""Compare settings on the same folds and seeds: ``python -m common.experiment``.
+
+Example (the study's dropout and ConvLSTM findings, on the kidney demo data, 3 folds)::
+
+    python -m common.experiment --dataset kidney --demo --folds 3 \\
+        --vary dropout=spatial,standard --vary convlstm=on,off
+
+``--vary NAME=V1,V2,...`` names a switch of :mod:`common.switches` and its values; the variants are
+the grid of all combinations (``--design grid``) or the first value of every switch plus one change at a
+time (``--design one-at-a-time``). The first variant, every switch at its first value, is the baseline
+that every other variant is compared with, fold by fold (:mod:`common.comparison`). ``--set NAME=V``
+changes a setting for all variants. Every variant is a cross-validation (:mod:`common.crossval`) on the
+same ``splits.json`` with the same seed, so the per-fold differences are paired.
+
+An experiment folder::
+
+    experiment.json    the command, the dataset, the base settings, the variants and their folders
+    splits.json        the folds every variant uses
+    run.log
+    variants/01_dropout=spatial_convlstm=on/   one cross-validation folder per variant
+    comparison.md      the comparison table (also printed), comparison.csv, comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import itertools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from common.comparison import VariantResult, comparison_csv, comparison_rows, format_comparison, paired_comparison
+from common.spec import ConfigError, DatasetSpec, Settings
+from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
+
+#: The dataset scripts at the project's root, by dataset name.
+SCRIPTS = {"brain-growth": "Brain_Growth", "brain-tumor": "Brain_Tumor", "kidney": "Kidney", "prostate": "Prostate"}
+DESIGNS = ("grid", "one-at-a-time")
+EXPERIMENT_FILE = "experiment.json"
+SPLITS_FILE = "splits.json"
+
+
+def dataset_script(name: str):
+    """The module of a dataset's script (``Kidney.py`` for ``kidney``): its DATASET, STUDY and DEMO."""
+    if name not in SCRIPTS:
+        raise ConfigError(f"--dataset {name!r}: choose one of {', '.join(SCRIPTS)}")
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(SCRIPTS[name])
+
+
+def parse_assignment(text: str, option: str = "--vary") -> tuple[str, list[str]]:
+    """``NAME=V1,V2`` as the switch's name and its values in canonical text form (each one checked)."""
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip() or not values.strip():
+        raise ConfigError(f"{option} {text!r}: expected NAME=VALUE[,VALUE...], e.g. dropout=spatial,standard")
+    entry = switch(name)
+    shown = [show_value(entry.name, parse_value(entry.name, v.strip())) for v in values.split(",")]
+    if len(set(shown)) != len(shown):
+        raise ConfigError(f"{option} {text!r}: a value is repeated")
+    return entry.name, shown
+
+
+def variant_grid(varies: list[tuple[str, list[str]]], design: str = "grid") -> list[dict[str, str]]:
+    """The variants, each a ``{switch: value}`` dict; the first has every switch at its first value.
+
+    ``grid``: all combinations, in the order of the ``--vary`` options (the last one changes fastest).
+    ``one-at-a-time``: the baseline, then each further value of each switch with the others at their
+    first value.
+    """
+    names = [name for name, _ in varies]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--vary {', '.join(repeated)} given more than once; list all values in one --vary")
+    if design not in DESIGNS:
+        raise ConfigError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
+    if not varies:
+        return [{}]
+    if design == "grid":
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(v for _, v in varies))]
+    baseline = {name: values[0] for name, values in varies}
+    variants = [baseline]
+    for name, values in varies:
+        variants += [{**baseline, name: value} for value in values[1:]]
+    return variants
+
+
+def variant_label(changes: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "base settings"
+
+
+def variant_folder(number: int, changes: dict[str, str]) -> str:
+    text = "_".join(f"{k}={v}" for k, v in changes.items()) or "base"
+    return f"{number:02d}_" + re.sub(r"[^A-Za-z0-9._=+-]+", "-", text)
+
+
+def run_experiment(
+    spec: DatasetSpec,
+    base: Settings,
+    task: int,
+    data_root: Path,
+    varies: list[tuple[str, list[str]]],
+    *,
+    design: str = "grid",
+    folds: int | None = 3,
+    experts: list[int] | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    resume: bool = False,
+    splits_file: Path | None = None,
+    plots: bool = True,
+    verbose: int = 0,
+    log: Callable[[str], None] = print,
+    extra_config: dict | None = None,
+) -> dict:
+    """Cross-validate every variant on the same folds and seed and compare each with the first.
+
+    Returns the comparison (also written to ``comparison.json``): the rows of the table and, per
+    variant, its paired comparison with the baseline.
+    """
+    from common.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
+    from common.data import discover_cases
+    from common.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir
+    from common.reporting import RunLog, write_atomic, write_json
+
+    check_task(spec, task)
+    experts = check_experts(spec, experts)
+    variants = variant_grid(varies, design)
+    settings = [apply_switches(base, {n: parse_value(n, v) for n, v in c.items()}, spec) for c in variants]
+    record = {
+        "dataset": spec.name,
+        "task": task,
+        "design": design,
+        "vary": [[name, values] for name, values in varies],
+        "base_settings": base.to_dict(),
+        "experts": experts,
+        "seed": seed,
+        "data_root": str(Path(data_root).resolve()),
+        "variants": [
+            {"name": variant_label(c), "changes": c, "folder": f"variants/{variant_folder(i, c)}"}
+            for i, c in enumerate(variants, start=1)
+        ],
+        **(extra_config or {}),
+    }
+    if resume:
+        if out is None or not (out / EXPERIMENT_FILE).is_file():
+            raise ConfigError(f"--resume {out}: not an experiment folder (no {EXPERIMENT_FILE} there)")
+        saved = json.loads((out / EXPERIMENT_FILE).read_text())
+        keys = ("dataset", "task", "design", "vary", "base_settings", "experts", "seed", "data_root")
+        differing = [k for k in keys if json.loads(json.dumps(record[k])) != saved.get(k)]
+        if differing:
+            raise ConfigError(f"--resume {out}: the experiment was made with other {', '.join(differing)}")
+        exp_dir = out
+        split_list = read_splits(exp_dir / SPLITS_FILE, spec.name)
+    else:
+        cases = discover_cases(data_root, spec.name, "train") + discover_cases(data_root, spec.name, "validation")
+        case_ids = [c.case_id for c in cases]
+        if splits_file is not None:
+            split_list = read_splits(splits_file, spec.name, case_ids)
+        else:
+            if folds is None:
+                raise ConfigError("give --folds K or --splits FILE")
+            split_list = make_folds(case_ids, folds, seed, validation_fraction(spec))
+        check_folds(split_list, case_ids)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        default = new_run_dir(Path("runs") / "experiments" / f"{spec.name}-task{task}-{stamp}")
+        exp_dir = prepare_run_dir(out if out is not None else default, spec, task)
+        write_json(exp_dir / EXPERIMENT_FILE, record)
+        write_json(exp_dir / SPLITS_FILE, {"dataset": spec.name, "seed": seed, "folds": split_list})
+    if folds is not None and folds != len(split_list):
+        raise ConfigError(f"--folds {folds}, but the splits hold {len(split_list)} folds")
+    runlog = RunLog(exp_dir / "run.log", echo=log)
+    runlog(
+        f"experiment on {spec.title}, task {task}: {len(variants)} variant(s) x {len(split_list)} folds "
+        f"x {len(experts)} expert(s) in {exp_dir}"
+    )
+    results = []
+    for number, (changes, variant_settings) in enumerate(zip(variants, settings, strict=True), start=1):
+        folder = exp_dir / "variants" / variant_folder(number, changes)
+        runlog(f"== variant {number}/{len(variants)}: {variant_label(changes)}")
+        summary = run_cross_validation(
+            spec,
+            variant_settings,
+            task,
+            data_root,
+            len(split_list),
+            experts=experts,
+            seed=seed,
+            out=folder,
+            resume=(folder / "config.json").is_file(),
+            splits_file=exp_dir / SPLITS_FILE,
+            plots=plots,
+            verbose=verbose,
+            log=runlog,
+            extra_config={"experiment": str(exp_dir), "variant": changes},
+        )
+        results.append(
+            VariantResult(
+                name=variant_label(changes),
+                changes=changes,
+                fold_scores=summary["fold_scores"],
+                case_scores=summary["per_case"],
+                seconds=summary["training_seconds"],
+                parameters=summary["parameters"],
+                networks=summary["networks"],
+            )
+        )
+    title = (
+        f"{spec.title}, task {task} ({spec.task_name(task)}): {len(split_list)}-fold cross-validation, "
+        f"{len(experts)} expert network(s) per fold, seed {seed}"
+    )
+    table = format_comparison(results, title)
+    comparison = {
+        "title": title,
+        "rows": comparison_rows(results),
+        "paired": {r.name: paired_comparison(results[0], r) for r in results[1:]},
+        "base_settings": describe(base),
+        "command": (extra_config or {}).get("command"),
+    }
+    write_json(exp_dir / "comparison.json", comparison)
+    write_atomic(exp_dir / "comparison.csv", comparison_csv(results))
+    command = " ".join((extra_config or {}).get("command") or [])
+    settings_line = ", ".join(f"{k}={v}" for k, v in describe(base).items())
+    write_atomic(
+        exp_dir / "comparison.md",
+        f"{table}\n\nCommand: `{command}`\n\nBase settings: {settings_line}\n",
+    )
+    runlog(table)
+    comparison["experiment_dir"] = str(exp_dir)
+    return comparison
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.experiment",
+        description="Cross-validate variants of the settings on the same folds and seeds and compare them "
+        "with the first variant (the study's findings as experiments).",
+    )
+    parser.add_argument("--dataset", required=True, choices=list(SCRIPTS), help="the dataset (its script's DATASET)")
+    parser.add_argument("--task", type=int, default=None, help="task (default: the script's 'task = ...')")
+    parser.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a switch and its values; repeatable (e.g. --vary dropout=spatial,standard --vary convlstm=on,off). "
+        "Names: see common/switches.py or a script's -h (dashes or underscores)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=V", help="a setting for all variants; repeatable"
+    )
+    parser.add_argument("--design", choices=DESIGNS, default="grid", help="all combinations, or one change at a time")
+    parser.add_argument("--folds", type=int, default=None, help="folds (default 3, or those of --splits)")
+    parser.add_argument("--splits", type=Path, default=None, metavar="FILE", help="reuse the folds of a splits.json")
+    parser.add_argument("--preset", choices=PRESETS, default=None, help="base settings (default: demo with --demo)")
+    parser.add_argument("--demo", action="store_true", help="use (and generate once) the demo data")
+    parser.add_argument("--data-root", type=Path, default=None, help="QUBIQ data root (as for the scripts)")
+    parser.add_argument("--experts", default=None, help="experts to train, e.g. 1,2,3 (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the demo data and training")
+    parser.add_argument("--out", type=Path, default=None, help="experiment folder (default: runs/experiments/...)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="EXP_DIR", help="continue an experiment")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots of every fold")
+    parser.add_argument("--verbose", action="store_true", help="Keras's per-epoch lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from common.cli import parse_experts, resolve_data_root
+    from common.data import DataError
+
+    try:
+        module = dataset_script(args.dataset)
+        spec = module.DATASET
+        if args.resume is not None:
+            path = args.resume / EXPERIMENT_FILE
+            if not path.is_file():
+                raise ConfigError(f"--resume {args.resume}: not an experiment folder (no {EXPERIMENT_FILE} there)")
+            saved = json.loads(path.read_text())
+            if args.vary or args.set:
+                raise ConfigError("--resume: the variants come from experiment.json; leave out --vary and --set")
+            base = Settings.from_dict(saved["base_settings"])
+            varies = [(name, values) for name, values in saved["vary"]]
+            args.task, args.design, args.seed = saved["task"], saved["design"], saved["seed"]
+            experts, data_root, args.out = saved["experts"], Path(saved["data_root"]), args.resume
+            command = saved.get("command")
+        else:
+            base = preset(args.preset or ("demo" if args.demo else "default"), module.STUDY, module.DEMO)
+            fixed = dict(parse_assignment(text, "--set") for text in args.set)
+            for name, values in fixed.items():
+                if len(values) != 1:
+                    raise ConfigError(f"--set {name}: give one value (use --vary for several)")
+            base = apply_switches(base, {n: parse_value(n, v[0]) for n, v in fixed.items()}, spec)
+            varies = [parse_assignment(text) for text in args.vary]
+            args.task = module.task if args.task is None else args.task
+            try:
+                experts = parse_experts(args.experts) if args.experts else None
+            except argparse.ArgumentTypeError as error:
+                raise ConfigError(f"--experts: {error}") from None
+            data_root = resolve_data_root(args)
+            command = sys.argv
+            if args.folds is None and args.splits is None:
+                args.folds = 3
+        if args.demo and args.resume is None:
+            from common.demo import ensure_demo_data
+
+            print(f"demo data: {data_root} (generated once from seed {args.seed})")
+            ensure_demo_data(data_root, args.seed)
+        return run_experiment(
+            spec,
+            base,
+            args.task,
+            data_root,
+            varies,
+            design=args.design,
+            folds=args.folds,
+            experts=experts,
+            seed=args.seed,
+            out=args.out,
+            resume=args.resume is not None,
+            splits_file=args.splits,
+            plots=not args.no_plots,
+            verbose=2 if args.verbose else 0,
+            extra_config={"command": command, "demo": args.demo},
+        )
+    except (DataError, ConfigError, FileExistsError, PermissionError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
