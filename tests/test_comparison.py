@@ -172,13 +172,15 @@ def test_format_comparison_table():
         "| baseline | 0.8200 ± 0.0200 | 0.8000 / 0.8200 / 0.8400 | — | — | — | baseline | 4 min 12 s | 6 | 1,234,567 |"
     )
     assert better == (
-        "| dropout=standard | 0.8633 ± 0.0153 | 0.8500 / 0.8600 / 0.8800 | +0.0433 (+0.0500 / +0.0400 / +0.0400) | 3/0/0 "
-        "| 8/2 (p=0.11) | better: larger than the fold-to-fold noise | 52 s | 6 | 1,234,567 |"
+        "| dropout=standard | 0.8633 ± 0.0153 | 0.8500 / 0.8600 / 0.8800 "
+        "| +0.0433 (+0.0500 / +0.0400 / +0.0400) | 3/0/0 | 8/2 (p=0.11) "
+        "| better: larger than the fold-to-fold noise | 52 s | 6 | 1,234,567 |"
     )
     # Mean 0.77333, std 0.02517; differences -0.05, -0.05, -0.04; every case tied.
     assert worse == (
-        "| dropout=none | 0.7733 ± 0.0252 | 0.7500 / 0.7700 / 0.8000 | -0.0467 (-0.0500 / -0.0500 / -0.0400) | 0/3/0 "
-        "| 0/0 (p=1.00) | worse: larger than the fold-to-fold noise | 2 h 05 min | 6 | 1,000 |"
+        "| dropout=none | 0.7733 ± 0.0252 | 0.7500 / 0.7700 / 0.8000 "
+        "| -0.0467 (-0.0500 / -0.0500 / -0.0400) | 0/3/0 | 0/0 (p=1.00) "
+        "| worse: larger than the fold-to-fold noise | 2 h 05 min | 6 | 1,000 |"
     )
     assert "−" not in "\n".join(lines[4:])  # the proper minus sign only in the header
     assert lines[7] == ""
