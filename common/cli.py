@@ -102,6 +102,14 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         action="store_true",
         help="also predict the official test cases (no masks) into the run's predictions/ folder",
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="least time between two checkpoints of a training (best model and resume backup); "
+        "0: after every epoch (default: 30)",
+    )
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into the run folder")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
@@ -245,6 +253,8 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     from common.pipeline import check_experts, check_task
 
     try:
+        if args.checkpoint_every is not None and not args.checkpoint_every >= 0:
+            raise ConfigError(f"--checkpoint-every: expected seconds >= 0, got {args.checkpoint_every}")
         args.command = sys.argv
         if args.resume is not None:
             settings = apply_resume(args, spec, study, demo)
@@ -282,6 +292,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
                 plots=not args.no_plots,
                 verbose=0 if args.quiet else 2,
                 extra_config=extra_config,
+                checkpoint_seconds=args.checkpoint_every,
             )
         from common.pipeline import run_task
 
@@ -300,6 +311,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             plots=not args.no_plots,
             verbose=0 if args.quiet else 2,
             extra_config=extra_config,
+            checkpoint_seconds=args.checkpoint_every,
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

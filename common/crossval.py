@@ -164,6 +164,7 @@ def run_cross_validation(
     verbose: int = 2,
     log: Callable[[str], None] = print,
     extra_config: dict | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> dict:
     """Train and score the per-expert ensemble in every fold; the QUBIQ score per fold, mean and spread.
 
@@ -250,6 +251,7 @@ def run_cross_validation(
                 log=runlog,
                 extra_config={"fold": number, "folds": k, **(extra_config or {})},
                 split=fold,
+                checkpoint_seconds=checkpoint_seconds,
             )
             runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
         per_expert = results.get("per_expert", {})

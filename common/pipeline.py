@@ -219,6 +219,7 @@ def run_task(
     log: Callable[[str], None] = print,
     extra_config: dict | None = None,
     split: dict[str, list[str]] | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> dict:
     """Train one network per expert for ``task``, ensemble them on the held-out cases and score them.
 
@@ -283,6 +284,9 @@ def run_task(
 
     # Training imports TensorFlow; everything above fails fast without it.
     from common import training
+
+    if checkpoint_seconds is None:
+        checkpoint_seconds = training.CHECKPOINT_SECONDS
     from common.predictions import prediction_path, write_prediction
 
     training.seed_everything(seed, deterministic)
@@ -344,6 +348,7 @@ def run_task(
                 verbose=verbose,
                 log=runlog.to_file,
                 tensorboard_dir=run_dir / "tensorboard" / name if tensorboard else None,
+                checkpoint_seconds=checkpoint_seconds,
             )
             training.finish_expert(expert_dir, result, RESULT_FILE)
             resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""

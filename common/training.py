@@ -2,10 +2,16 @@
 
 What training leaves in the expert's folder, each file written atomically (temporary file, then rename):
 
-- ``model.keras``: the network at its best validation loss so far;
 - ``training_log.csv``: one row per finished epoch;
-- ``backup.keras`` and ``backup.json``: the network with its optimiser state after the last finished
-  epoch, so that an interrupted training continues where it stopped (removed once training ends).
+- ``model.keras``: the network at its best validation loss so far, as of the last checkpoint;
+- ``backup.keras`` and ``backup.json``: at each checkpoint, the network with its optimiser state after
+  the epoch just finished, so that an interrupted training continues from there (removed once
+  training ends).
+
+A checkpoint is taken after the first epoch that ends ``checkpoint_seconds`` (default 30 s) after the
+previous one, and after the last epoch; 0 checkpoints after every epoch. Saving a ``.keras`` file takes
+about 0.3 s on a CPU, so with the short epochs of small datasets per-epoch checkpoints would cost a
+third of the training time; an interruption loses at most ``checkpoint_seconds`` of training.
 """
 
 from __future__ import annotations
@@ -135,10 +141,14 @@ def write_log(path: Path, rows: list[dict]) -> None:
     write_atomic(path, out.getvalue())
 
 
-class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: the best model, the CSV log, one plain-text line, then the resume backup.
+CHECKPOINT_SECONDS = 30.0
 
-    The backup comes last, so a resumed training never skips an epoch whose effects were not saved.
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: the CSV log and one plain-text line; at checkpoints, the best model and the backup.
+
+    The best weights are kept in memory between checkpoints. At a checkpoint ``model.keras`` is written
+    first and the backup last, so a resumed training never skips an epoch whose effects were not saved.
     With ``patience > 0`` it also stops training once ``patience`` epochs have passed without a better
     ``monitor`` value (early stopping). The count is taken from the rows of the log, so it survives a
     resume, which Keras's own ``EarlyStopping`` (whose counter lives in memory) would not.
@@ -154,8 +164,12 @@ class EpochRecorder(keras.callbacks.Callback):
         epochs: int,
         log: Callable[[str], None],
         patience: int = 0,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ):
         super().__init__()
+        self.checkpoint_seconds = checkpoint_seconds
+        self._best_weights: list | None = None
+        self._last_checkpoint = time.perf_counter()
         self.out_dir, self.monitor, self.rows, self.best = out_dir, monitor, rows, best
         self.label, self.epochs, self.log, self.patience = label, epochs, log, patience
         values = [float(row[monitor]) for row in rows if monitor in row]
@@ -172,7 +186,7 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch = value, epoch + 1
-            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+            self._best_weights = self.model.get_weights()
         self.rows.append({"epoch": epoch + 1, **{k: f"{v:.6g}" for k, v in sorted(logs.items())}})
         write_log(self.out_dir / LOG_FILE, self.rows)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
@@ -180,8 +194,6 @@ class EpochRecorder(keras.callbacks.Callback):
             f"{self.label} epoch {epoch + 1}/{self.epochs}: {metrics} ({time.perf_counter() - self._started:.1f} s)"
             + (" *" if improved else "")
         )
-        save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
-        write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch + 1, "best": self.best}) + "\n")
         if self.patience and epoch + 1 - self.best_epoch >= self.patience and epoch + 1 < self.epochs:
             self.stopped_early = True
             self.model.stop_training = True
@@ -189,6 +201,21 @@ class EpochRecorder(keras.callbacks.Callback):
                 f"{self.label}: early stop after epoch {epoch + 1}: no better {self.monitor} for "
                 f"{self.patience} epochs (best at epoch {self.best_epoch})"
             )
+        due = time.perf_counter() - self._last_checkpoint >= self.checkpoint_seconds
+        if due or self.stopped_early or epoch + 1 >= self.epochs:
+            self.checkpoint(epoch + 1)
+
+    def checkpoint(self, epoch: int) -> None:
+        """Write the best model (if it changed) and then the backup after ``epoch``."""
+        if self._best_weights is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(self._best_weights)
+            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+            self.model.set_weights(current)
+            self._best_weights = None
+        save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
+        write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch, "best": self.best}) + "\n")
+        self._last_checkpoint = time.perf_counter()
 
 
 @dataclass
@@ -220,6 +247,7 @@ def train_expert(
     verbose: int = 2,
     log: Callable[[str], None] = print,
     tensorboard_dir: Path | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> TrainedExpert:
     """Train one network on one expert's masks; keep the weights with the best validation loss.
 
@@ -236,6 +264,7 @@ def train_expert(
         verbose: Keras's own progress (0 silent, 2 one line per epoch).
         log: receives one plain-text line per epoch.
         tensorboard_dir: if given, TensorBoard logs go there.
+        checkpoint_seconds: least time between two checkpoints (model and backup); 0: every epoch.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -257,7 +286,15 @@ def train_expert(
     parameters = model.count_params()
     rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
     recorder = EpochRecorder(
-        out_dir, monitor, rows, best, f"seg{expert:02d}", settings.epochs, log, patience=settings.patience
+        out_dir,
+        monitor,
+        rows,
+        best,
+        f"seg{expert:02d}",
+        settings.epochs,
+        log,
+        patience=settings.patience,
+        checkpoint_seconds=checkpoint_seconds,
     )
     # An interrupted training that had already stopped early has nothing left to do.
     already_stopped = bool(settings.patience and first_epoch and first_epoch - recorder.best_epoch >= settings.patience)

@@ -33,6 +33,8 @@ def test_killed_during_second_expert_then_resumed(demo_root, tmp_path):
         "8",
         "--quiet",
         "--no-plots",
+        "--checkpoint-every",
+        "0",
         "--out",
         str(run),
         cwd=tmp_path,

@@ -1,0 +1,52 @@
+"""Checkpoints of a training: the best weights kept in memory, written with the backup at checkpoints."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from common.training import BACKUP_FILE, BACKUP_STATE, MODEL_FILE, EpochRecorder
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def run_epochs(recorder, model, losses):
+    """Pretend to train: set the weights to the epoch number, then report that epoch's loss."""
+    for epoch, value in enumerate(losses):
+        model.set_weights([np.full((2, 1), epoch + 1.0), np.zeros(1)])
+        recorder.on_epoch_end(epoch, {"loss": value, "val_loss": value})
+
+
+@pytest.mark.parametrize(
+    "seconds, losses, backup_epoch, best_weight",
+    [
+        (0.0, [0.5, 0.4, 0.6], 3, 2.0),  # every epoch: the backup after epoch 3, the best from epoch 2
+        (3600.0, [0.5, 0.4, 0.6, 0.3], 4, 4.0),  # only after the last epoch
+    ],
+)
+def test_checkpoints(tmp_path, seconds, losses, backup_epoch, best_weight):
+    model = tiny_model()
+    recorder = EpochRecorder(tmp_path, "val_loss", [], math.inf, "seg01", len(losses), str, checkpoint_seconds=seconds)
+    recorder.set_model(model)
+    run_epochs(recorder, model, losses)
+    assert json.loads((tmp_path / BACKUP_STATE).read_text()) == {"epoch": backup_epoch, "best": min(losses)}
+    best = keras.saving.load_model(tmp_path / MODEL_FILE)
+    assert best.get_weights()[0][0, 0] == best_weight
+    backup = keras.saving.load_model(tmp_path / BACKUP_FILE)
+    assert backup.get_weights()[0][0, 0] == len(losses)  # the weights after the last epoch
+    assert model.get_weights()[0][0, 0] == len(losses)  # training continues from its own weights
+
+
+def test_no_checkpoint_before_it_is_due(tmp_path):
+    model = tiny_model()
+    recorder = EpochRecorder(tmp_path, "val_loss", [], math.inf, "seg01", 10, str, checkpoint_seconds=3600.0)
+    recorder.set_model(model)
+    run_epochs(recorder, model, [0.5, 0.4, 0.3])
+    assert not (tmp_path / BACKUP_STATE).exists() and not (tmp_path / MODEL_FILE).exists()
+    assert len((tmp_path / "training_log.csv").read_text().splitlines()) == 4  # the log is every epoch
