@@ -57,8 +57,14 @@ def affine_transform(
     return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
 
 
-def apply_transform(image: tf.Tensor, mask: tf.Tensor, transform: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Warp ``image (H, W, C)`` and ``mask (H, W, 1)`` with the same ``transform``."""
+def apply_transform(
+    image: tf.Tensor, mask: tf.Tensor, transform: tf.Tensor, binary: bool = True
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Warp ``image (H, W, C)`` and ``mask (H, W, K)`` with the same ``transform``.
+
+    A ``binary`` mask is re-binarised at 0.5 after the bilinear warp; a soft target (the mean expert
+    mask of the soft-label strategy) keeps its interpolated values.
+    """
     channels = tf.shape(image)[-1]
     stacked = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)[tf.newaxis]
     warped = tf.raw_ops.ImageProjectiveTransformV3(
@@ -69,12 +75,14 @@ def apply_transform(image: tf.Tensor, mask: tf.Tensor, transform: tf.Tensor) -> 
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )[0]
-    warped_mask = tf.cast(warped[..., channels:] >= 0.5, mask.dtype)
-    return warped[..., :channels], warped_mask
+    warped_mask = warped[..., channels:]
+    if binary:
+        warped_mask = warped_mask >= 0.5
+    return warped[..., :channels], tf.cast(warped_mask, mask.dtype)
 
 
 def random_transform(
-    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation, binary: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Draw one transform from ``seed`` (a stateless seed, shape ``[2]``) and apply it to both."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
@@ -85,4 +93,4 @@ def random_transform(
     shift_cols = tf.random.stateless_uniform([], seeds[2], -augmentation.shift, augmentation.shift) * width
     flip = tf.logical_and(augmentation.flip, tf.random.stateless_uniform([], seeds[3]) < 0.5)
     transform = affine_transform(angle, shift_rows, shift_cols, flip, height, width)
-    return apply_transform(image, mask, transform)
+    return apply_transform(image, mask, transform, binary)

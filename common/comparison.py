@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class VariantResult:
         seconds: the training time summed over all folds.
         parameters: the parameters (trainable and non-trainable) of one network.
         networks: the number of networks trained in total (folds x experts).
+        metrics: optional means over all cases of further metrics (``"ged"``, ``"ece"`` ...; None where
+            one does not apply); shown as extra columns when a variant has them.
     """
 
     name: str
@@ -51,6 +53,7 @@ class VariantResult:
     seconds: float
     parameters: int
     networks: int
+    metrics: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.fold_scores) == 0:
@@ -193,6 +196,7 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
         "folds +/−/=",
         "cases +/− (sign p)",
         "verdict",
+        *[METRIC_COLUMNS[key] for key in _metric_keys(variants)],
         "training time",
         "networks",
         "parameters",
@@ -216,6 +220,7 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
             folds,
             cases,
             verdict,
+            *[_format_metric(variant.metrics.get(key)) for key in _metric_keys(variants)],
             _format_duration(variant.seconds),
             str(variant.networks),
             f"{variant.parameters:,}",
@@ -223,6 +228,18 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", RULE]
     return "\n".join(lines) + "\n"
+
+
+#: Extra columns, in this order, when the variants carry these metrics (see :mod:`common.uncertainty`).
+METRIC_COLUMNS = {"ged": "GED ↓", "hungarian_iou": "Hungarian IoU ↑", "ece": "ECE ↓", "brier": "Brier ↓"}
+
+
+def _metric_keys(variants: list[VariantResult]) -> list[str]:
+    return [key for key in METRIC_COLUMNS if any(key in v.metrics for v in variants)]
+
+
+def _format_metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def comparison_rows(variants: list[VariantResult]) -> list[dict]:
@@ -253,6 +270,7 @@ def comparison_rows(variants: list[VariantResult]) -> list[dict]:
             row[key] = c.get(key)
         row["sign_test_p"] = c.get("sign_test_p")
         row["verdict"] = c.get("verdict", "baseline")
+        row.update({key: variant.metrics.get(key) for key in _metric_keys(variants)})
         row.update(seconds=float(variant.seconds), networks=variant.networks, parameters=variant.parameters)
         rows.append(row)
     return rows

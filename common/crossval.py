@@ -32,8 +32,9 @@ import numpy as np
 
 from common.data import DataError, discover_cases, natural_key
 from common.pipeline import check_experts, check_resumable, check_task, new_run_dir, prepare_run_dir, run_task
-from common.reporting import RunLog, versions, write_json
+from common.reporting import RunLog, uncertainty_line, versions, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.uncertainty import mean_metrics
 
 SPLITS_FILE = "splits.json"
 RESULTS_FILE = "cv_results.json"
@@ -136,13 +137,16 @@ def fold_statistics(scores: list[float]) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def format_cv_table(title: str, folds: list[dict]) -> str:
+def format_cv_table(title: str, folds: list[dict], uncertainty: dict | None = None) -> str:
+    """Per-fold scores; the uncertainty metrics' means (if any), then the QUBIQ score, last."""
     mean, std = fold_statistics([f["score"] for f in folds])
     lines = [title, f"{'fold':>4}  {'held-out cases':<40} {'QUBIQ':>7} {'training':>9}"]
     for f in folds:
         cases = ", ".join(f["held_out"])
         cases = cases if len(cases) <= 40 else cases[:37] + "..."
         lines.append(f"{f['fold']:>4}  {cases:<40} {f['score']:7.4f} {f['training_seconds']:8.0f}s")
+    if uncertainty is not None:
+        lines.append(uncertainty_line(uncertainty))
     lines.append(f"QUBIQ score over {len(folds)} folds: {mean:.4f} +/- {std:.4f} (mean +/- standard deviation)")
     return "\n".join(lines)
 
@@ -254,7 +258,7 @@ def run_cross_validation(
                 checkpoint_seconds=checkpoint_seconds,
             )
             runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
-        per_expert = results.get("per_expert", {})
+        networks = results.get("networks") or results.get("per_expert", {})
         fold_results.append(
             {
                 "fold": number,
@@ -262,12 +266,14 @@ def run_cross_validation(
                 "held_out": fold["held_out"],
                 "per_case": results["per_case"],
                 "training_seconds": results["training_seconds"],
-                "networks": len(per_expert),
-                "parameters": max((e.get("parameters", 0) for e in per_expert.values()), default=0),
+                "networks": len(networks),
+                "parameters": max((e.get("parameters", 0) for e in networks.values()), default=0),
+                "uncertainty": (results.get("uncertainty") or {}).get("per_case", {}),
                 "run_dir": str(fold_dir),
             }
         )
     mean, std = fold_statistics([f["score"] for f in fold_results])
+    per_case_uncertainty = {c: m for f in fold_results for c, m in f.pop("uncertainty").items()}
     summary = {
         "dataset": spec.name,
         "task": task,
@@ -276,6 +282,11 @@ def run_cross_validation(
         "mean": mean,
         "std": std,
         "per_case": {c: s for f in fold_results for c, s in f["per_case"].items()},
+        "strategy": settings.strategy,
+        "uncertainty": {
+            "mean": mean_metrics(per_case_uncertainty) if per_case_uncertainty else None,
+            "per_case": per_case_uncertainty,
+        },
         "training_seconds": sum(f["training_seconds"] for f in fold_results),
         "networks": sum(f["networks"] for f in fold_results),
         "parameters": max(f["parameters"] for f in fold_results),
@@ -283,5 +294,5 @@ def run_cross_validation(
     }
     write_json(cv_dir / RESULTS_FILE, summary)
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {k}-fold cross-validation"
-    runlog(format_cv_table(title, fold_results))
+    runlog(format_cv_table(title, fold_results, summary["uncertainty"]["mean"]))
     return summary

@@ -231,3 +231,109 @@ def make_loss(name: str) -> keras.losses.Loss:
     if name == "dice+bce":
         return SoftDiceBCELoss()
     raise ValueError(f"make_loss: unknown loss {name!r}, expected one of {', '.join(map(repr, LOSSES))}")
+
+
+def _split_heads(y_true, y_pred):
+    """``y_true = concat(masks, available)`` on the last axis, each with one channel per head of ``y_pred``.
+
+    Returns masks and predictions as ``(batch, heads, rows, cols)`` and ``available`` as ``(batch, heads)``.
+    """
+    heads = y_pred.shape[-1]
+    if y_true.shape[-1] is not None and heads is not None and y_true.shape[-1] != 2 * heads:
+        raise ValueError(
+            f"multi-head targets must hold 2 x {heads} channels (masks, then availability), got {y_true.shape[-1]}"
+        )
+    masks = ops.transpose(y_true[..., :heads], (0, 3, 1, 2))
+    available = y_true[:, 0, 0, heads:]
+    return masks, ops.transpose(y_pred, (0, 3, 1, 2)), available
+
+
+def _mean_over_available(per_head, available):
+    """Each image's mean over the heads whose expert annotated it (0 when none did)."""
+    weight = ops.cast(available > 0.5, "float32")
+    return ops.sum(per_head * weight, axis=1) / ops.maximum(ops.sum(weight, axis=1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="qubiq")
+class MultiHeadLoss(keras.losses.Loss):
+    """The ``--loss`` of every head of a multi-head network, skipping the heads of missing masks.
+
+    The network has one sigmoid output per expert (``(batch, rows, cols, E)``). ``y_true`` holds the
+    experts' masks in its first ``E`` channels and, in the last ``E``, a constant 1 where that expert
+    annotated the image and 0 where not (its mask channel is then all 0 and ignored). For image ``b``,
+    the loss is the mean over the annotating experts ``e`` of the per-image loss of head ``e``
+    (``SoftDiceLoss`` or ``SoftDiceBCELoss`` on that head alone); an expert who did not annotate ``b``
+    contributes nothing to its head's loss (and no gradient). Keras averages over the batch.
+
+    Args:
+        loss: ``"dice"`` or ``"dice+bce"``, as ``make_loss``.
+        smooth: the Dice smoothing, as ``SoftDiceLoss``.
+    """
+
+    epsilon = SoftDiceBCELoss.epsilon
+
+    def __init__(self, loss: str = "dice", smooth: float = 1.0, name: str = "multi_head", **kwargs) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"MultiHeadLoss: unknown loss {loss!r}, expected one of {', '.join(map(repr, LOSSES))}")
+        if not float(smooth) >= 0.0:
+            raise ValueError(f"MultiHeadLoss: smooth must be >= 0, got {smooth}")
+        super().__init__(name=name, **kwargs)
+        self.loss, self.smooth = loss, float(smooth)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        masks, predictions, available = _split_heads(y_true, y_pred)
+        intersection = ops.sum(masks * predictions, axis=(2, 3))
+        total = ops.sum(masks, axis=(2, 3)) + ops.sum(predictions, axis=(2, 3))
+        per_head = 1.0 - (2.0 * intersection + self.smooth) / (total + self.smooth)
+        if self.loss == "dice+bce":
+            p = ops.clip(predictions, self.epsilon, 1.0 - self.epsilon)
+            per_head = per_head + ops.mean(-(masks * ops.log(p) + (1.0 - masks) * ops.log(1.0 - p)), axis=(2, 3))
+        return _mean_over_available(per_head, available)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "loss": self.loss, "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="qubiq")
+def multi_head_dice(y_true, y_pred, threshold: float = 0.5):
+    """``dice_coefficient`` of every head whose expert annotated the image, averaged per image."""
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    masks, predictions, available = _split_heads(y_true, y_pred)
+    truth = ops.cast(masks >= threshold, "float32")
+    pred = ops.cast(predictions >= threshold, "float32")
+    intersection = ops.sum(truth * pred, axis=(2, 3))
+    total = ops.sum(truth, axis=(2, 3)) + ops.sum(pred, axis=(2, 3))
+    both_empty = ops.equal(total, 0.0)
+    per_head = ops.where(both_empty, 1.0, 2.0 * intersection / ops.where(both_empty, 1.0, total))
+    return _mean_over_available(per_head, available)
+
+
+@keras.saving.register_keras_serializable(package="qubiq")
+class SoftLabelBCELoss(keras.losses.Loss):
+    """Binary cross-entropy against a soft target (the mean expert mask), per image, averaged over the batch.
+
+    The soft-label strategy trains one network on ``g``, the mean of the experts' masks (values k/n).
+    Its loss must be minimised where the output equals ``g``, not where it is pushed to 0/1 as soft
+    Dice would (see the module docstring). Two losses qualify: binary cross-entropy, whose per-pixel
+    minimum over ``p`` is at ``p = g`` (a proper scoring rule), and a Dice with squared denominator,
+    ``2 sum(p g) / (sum(p^2) + sum(g^2))``, which is 1 only at ``p = g`` (Cauchy-Schwarz). This
+    project uses binary cross-entropy: it is a sum of independent per-pixel terms, so every pixel's
+    target is its own expert agreement, and it yields calibrated probabilities, which the QUBIQ score
+    (nine thresholds of the map), the expected calibration error and the Brier score all reward. The
+    squared-denominator Dice is a ratio over the image: it fits ``g`` only as a whole, and on images
+    whose target is empty it gives a loss of 1 whatever the prediction (and no gradient toward 0).
+    """
+
+    epsilon = SoftDiceBCELoss.epsilon
+
+    def __init__(self, name: str = "soft_label_bce", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        _check_same_shape(y_true, y_pred, "SoftLabelBCELoss")
+        return _bce_per_image(y_true, y_pred, self.epsilon)

@@ -27,6 +27,7 @@ def build_unet(
     batch_norm: bool = True,
     convlstm: bool = False,
     name: str = "unet",
+    outputs: int = 1,
 ) -> keras.Model:
     """Builds the study's 2D U-Net (Ronneberger et al. 2015), optionally with a BCDU-Net decoder.
 
@@ -62,9 +63,11 @@ def build_unet(
         batch_norm: batch normalisation after every 3x3 convolution.
         convlstm: use the BCDU-Net ConvLSTM2D merge in the decoder.
         name: the model's name.
+        outputs: sigmoid output channels of the final 1x1 convolution: 1, or one head per expert
+            (the multi-head strategy: every layer shared but the heads' 1x1 weights).
 
     Returns:
-        An uncompiled ``keras.Model`` mapping ``(batch, H, W, C)`` images to ``(batch, H, W, 1)``
+        An uncompiled ``keras.Model`` mapping ``(batch, H, W, C)`` images to ``(batch, H, W, outputs)``
         float32 probabilities.
 
     Raises:
@@ -86,6 +89,8 @@ def build_unet(
                 f"input {axis} {size} is not divisible by 2**depth = {factor} (depth {depth}); "
                 f"use a multiple of {factor}"
             )
+    if outputs < 1:
+        raise ValueError(f"outputs must be >= 1, got {outputs}")
     if dropout not in DROPOUT_KINDS:
         raise ValueError(f"dropout must be one of {DROPOUT_KINDS}, got {dropout!r}")
     if not 0.0 <= dropout_rate < 1.0:
@@ -146,5 +151,5 @@ def build_unet(
         x = maybe_dropout(x, prefix)
         x = conv_block(x, filters, prefix)
 
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="probability")(x)
-    return keras.Model(inputs, outputs, name=name)
+    probabilities = layers.Conv2D(outputs, 1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, probabilities, name=name)

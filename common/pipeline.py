@@ -126,6 +126,99 @@ def stack_for_expert(cases: list[PreparedCase], expert: int) -> tuple[np.ndarray
     return np.stack([c.image for c in chosen]), np.stack([c.masks[expert] for c in chosen])
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """One network to train: its name, folder, seed, and the experts its outputs stand for, in order.
+
+    ``heads`` is ``[e]`` for expert ``e``'s own network, every expert for a multi-head network, and
+    ``[None]`` for the soft-label network, whose one output is a consensus map, no expert's.
+    """
+
+    kind: str
+    name: str
+    folder: str
+    seed: int
+    heads: list[int | None]
+
+    @property
+    def label(self) -> int | str:
+        """What ``train_expert`` calls the network in its logs (``seg02``, ``multi-head``)."""
+        return self.heads[0] if self.kind == "expert" else self.name
+
+
+NETWORK_FOLDER = "network"
+
+
+def training_jobs(strategy: str, experts: list[int], seed: int) -> list[TrainingJob]:
+    """The networks a strategy trains: one per expert, or exactly one (in ``network/``)."""
+    if strategy == "per-expert":
+        return [
+            TrainingJob("expert", expert_name(e), f"{EXPERTS_FOLDER}/{expert_name(e)}", seed + e, [e]) for e in experts
+        ]
+    if strategy == "multi-head":
+        return [TrainingJob("network", "multi-head", NETWORK_FOLDER, seed, list(experts))]
+    if strategy == "soft-label":
+        return [TrainingJob("network", "soft-label", NETWORK_FOLDER, seed, [None])]
+    raise ConfigError(f"unknown strategy {strategy!r}")
+
+
+def per_expert_cases(pool: list[PreparedCase], validation: list[PreparedCase], experts: list[int]) -> dict:
+    """Per expert, the training and validation cases it annotated (for ``config.json``)."""
+    return {
+        expert_name(e): {
+            "train": [c.case.case_id for c in pool if e in c.masks],
+            "validation": [c.case.case_id for c in validation if e in c.masks],
+        }
+        for e in experts
+    }
+
+
+def job_targets(
+    strategy: str, cases: list[PreparedCase], heads: list[int | None]
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+    """Images and training targets of ``cases`` for one network, and (multi-head) which masks exist.
+
+    - per-expert: the cases the expert annotated, with its masks;
+    - multi-head: every case one of the experts annotated, masks ``(N, S, S, E)`` with zeros where an
+      expert's mask is missing, flagged 0 in ``available (N, E)``;
+    - soft-label: every annotated case, with the mean of the masks it has (values k/n).
+    Returns ``(None, None)`` when no case qualifies.
+    """
+    if strategy == "per-expert":
+        return stack_for_expert(cases, heads[0]), None
+    if strategy == "multi-head":
+        chosen = [c for c in cases if any(e in c.masks for e in heads)]
+        if not chosen:
+            return None, None
+        zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
+        masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in heads], axis=-1) for c in chosen])
+        available = np.array([[float(e in c.masks) for e in heads] for c in chosen], dtype=np.float32)
+        return (np.stack([c.image for c in chosen]), masks), available
+    chosen = [c for c in cases if c.masks]
+    if not chosen:
+        return None, None
+    means = np.stack([np.mean(list(c.masks.values()), axis=0) for c in chosen]).astype(np.float32)
+    return (np.stack([c.image for c in chosen]), means), None
+
+
+def uncertainty_metrics(
+    ensemble: dict[str, np.ndarray], truth: dict[str, np.ndarray], member_maps: dict[str, dict[str, np.ndarray]]
+) -> dict:
+    """GED, Hungarian IoU, ECE, Brier and soft Dice per case and their means (:mod:`common.uncertainty`).
+
+    The samples are the members of the ensemble (each expert's network, or each head) binarised at
+    0.5; with no members (soft-label: one map) the sample-based metrics are None, not invented.
+    """
+    from common.uncertainty import case_metrics, mean_metrics
+
+    per_case = {}
+    for case_id, prediction in ensemble.items():
+        maps = [m[case_id] for m in member_maps.values()]
+        samples = np.stack([m >= 0.5 for m in maps]) if maps else None
+        per_case[case_id] = case_metrics(prediction, truth[case_id], samples)
+    return {"per_case": per_case, "mean": mean_metrics(per_case), "samples": list(member_maps) or None}
+
+
 def reference_scores(truth: dict[str, np.ndarray]) -> dict[str, float]:
     """What trivial predictions score on the same cases: a floor any trained model must clear."""
     return {
@@ -312,26 +405,24 @@ def run_task(
     predictions_root = run_dir / PREDICTIONS_FOLDER
     averager = MapAverager()
     held_maps: dict[str, dict[str, np.ndarray]] = {}
-    trained = {}
+    trained: dict[str, training.TrainedExpert] = {}
+    for name, parts in per_expert_cases(pool, validation, experts).items():
+        record.per_expert[name] = parts
+    jobs = training_jobs(settings.strategy, experts, seed)
     started = time.perf_counter()
-    for number, expert in enumerate(experts, start=1):
-        name = expert_name(expert)
-        expert_dir = run_dir / EXPERTS_FOLDER / name
-        prefix = f"[expert {number}/{len(experts)}] {name}"
-        record.per_expert[name] = {
-            "train": [c.case.case_id for c in pool if expert in c.masks],
-            "validation": [c.case.case_id for c in validation if expert in c.masks],
-        }
-        if (expert_dir / RESULT_FILE).is_file():
-            result = training.TrainedExpert(**json.loads((expert_dir / RESULT_FILE).read_text()))
-            result.model_path = expert_dir / training.MODEL_FILE
+    for number, job in enumerate(jobs, start=1):
+        folder = run_dir / job.folder
+        prefix = f"[{job.kind} {number}/{len(jobs)}] {job.name}"
+        if (folder / RESULT_FILE).is_file():
+            result = training.TrainedExpert(**json.loads((folder / RESULT_FILE).read_text()))
+            result.model_path = folder / training.MODEL_FILE
             runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
         else:
-            train_arrays = stack_for_expert(pool, expert)
+            train_arrays, train_available = job_targets(settings.strategy, pool, job.heads)
             if train_arrays is None:
-                raise DataError(f"expert {expert} has no mask for task {task} in any training case of {spec.name}")
-            validation_arrays = stack_for_expert(validation, expert)
-            interrupted = (expert_dir / training.BACKUP_STATE).is_file()
+                raise DataError(f"{job.name} has no mask for task {task} in any training case of {spec.name}")
+            validation_arrays, validation_available = job_targets(settings.strategy, validation, job.heads)
+            interrupted = (folder / training.BACKUP_STATE).is_file()
             runlog(
                 f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
                 f"on {len(train_arrays[0])} cases, validating on "
@@ -339,36 +430,42 @@ def run_task(
                 f"(elapsed {time.perf_counter() - started:.0f} s)"
             )
             result = training.train_expert(
-                expert,
+                job.label,
                 train_arrays,
                 validation_arrays,
                 settings,
-                expert_dir,
-                seed=seed + expert,
+                folder,
+                seed=job.seed,
                 verbose=verbose,
                 log=runlog.to_file,
-                tensorboard_dir=run_dir / "tensorboard" / name if tensorboard else None,
+                tensorboard_dir=run_dir / "tensorboard" / job.name if tensorboard else None,
                 checkpoint_seconds=checkpoint_seconds,
+                available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
             )
-            training.finish_expert(expert_dir, result, RESULT_FILE)
+            training.finish_expert(folder, result, RESULT_FILE)
             resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
             runlog(
                 f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
                 f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
             )
-        trained[name] = result
+        trained[job.name] = result
         on_grid = training.predict(result.model_path, predicted_images, settings.batch_size)
-        held_maps[name] = {}
-        for case, grid_map in zip(predicted, on_grid, strict=True):
-            probability = from_input(grid_map, case.geometry)
-            averager.add(case.case.case_id, probability)
-            write_prediction(
-                prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
-                probability,
-                case.reference,
-            )
-            if case.case.case_id in held:
-                held_maps[name][case.case.case_id] = probability
+        for channel, expert in enumerate(job.heads):
+            name = expert_name(expert) if expert is not None else None
+            if name is not None:
+                held_maps[name] = {}
+            for case, grid_map in zip(predicted, on_grid[..., channel], strict=True):
+                probability = from_input(grid_map, case.geometry)
+                averager.add(case.case.case_id, probability)
+                if name is None:
+                    continue  # soft-label: the network's map is the prediction itself
+                write_prediction(
+                    prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
+                    probability,
+                    case.reference,
+                )
+                if case.case.case_id in held:
+                    held_maps[name][case.case.case_id] = probability
 
     ensemble_all = averager.mean()
     for case in predicted:
@@ -382,6 +479,7 @@ def run_task(
     ensemble_scores = score_cases(ensemble, truth)
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     references = reference_scores(truth)
+    uncertainty = uncertainty_metrics(ensemble, truth, held_maps)
 
     config["split"] = record.to_dict()
     write_json(run_dir / "config.json", config)
@@ -400,11 +498,20 @@ def run_task(
                 "score": s["score"],
                 "per_case": s["per_case"],
                 "per_threshold": s["per_threshold"],
-                **{k: v for k, v in trained[name].to_dict().items() if k not in ("expert", "model_path")},
+                **(
+                    {k: v for k, v in trained[name].to_dict().items() if k not in ("expert", "model_path")}
+                    if name in trained
+                    else {}
+                ),
             }
             for name, s in expert_scores.items()
         },
         "experts_in_ensemble": list(held_maps),
+        "strategy": settings.strategy,
+        "networks": {
+            name: {k: v for k, v in result.to_dict().items() if k != "expert"} for name, result in trained.items()
+        },
+        "uncertainty": uncertainty,
         "reference_scores": references,
         "predictions": {
             "folder": str(predictions_root),
@@ -427,10 +534,10 @@ def run_task(
             references,
             scored,
             ensemble,
-            {name: run_dir / EXPERTS_FOLDER / name / training.LOG_FILE for name in trained},
+            {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs},
         )
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(held_out)} held-out cases"
-    runlog(format_table(title, ensemble_scores, expert_scores, references))
+    runlog(format_table(title, ensemble_scores, expert_scores, references, settings.strategy, uncertainty["mean"]))
     return results
 
 

@@ -77,7 +77,33 @@ def dice_matrix_csv(scores: dict) -> str:
     return out.getvalue()
 
 
-def format_table(title: str, ensemble: dict, experts: dict[str, dict], references: dict[str, float]) -> str:
+UNCERTAINTY_LABELS = {
+    "ged": "GED",
+    "hungarian_iou": "Hungarian IoU",
+    "ece": "ECE",
+    "brier": "Brier",
+    "soft_dice": "soft Dice",
+}
+
+
+def uncertainty_line(means: dict[str, float | None]) -> str:
+    """The uncertainty metrics' means in one line; a metric that does not apply says so."""
+    shown = [f"{label} {means[key]:.4f}" for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is not None]
+    missing = [label for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is None]
+    line = "Uncertainty metrics (mean over the cases): " + ", ".join(shown)
+    if missing:
+        line += f"; {' and '.join(missing)}: not applicable (one map, no samples)"
+    return line
+
+
+def format_table(
+    title: str,
+    ensemble: dict,
+    experts: dict[str, dict],
+    references: dict[str, float],
+    strategy: str = "per-expert",
+    uncertainty: dict[str, float | None] | None = None,
+) -> str:
     """The printed report; its last line is the overall score."""
     lines = [
         title,
@@ -85,15 +111,24 @@ def format_table(title: str, ensemble: dict, experts: dict[str, dict], reference
         *dice_table_lines(ensemble),
     ]
     lines.append("")
-    lines.append("Each expert's own network against the consensus:")
-    for name, result in experts.items():
-        lines.append(f"  {name}: {result['score']:.4f}")
+    if experts:
+        kind = "head of the multi-head network" if strategy == "multi-head" else "own network"
+        lines.append(f"Each expert's {kind} against the consensus:")
+        for name, result in experts.items():
+            lines.append(f"  {name}: {result['score']:.4f}")
     lines.append(
         "Trivial predictions on the same cases, for reference: "
         + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items())
     )
+    if uncertainty is not None:
+        lines.append(uncertainty_line(uncertainty))
     lines.append("")
-    lines.append(f"QUBIQ score (ensemble of {len(experts)} expert network(s)): {ensemble['score']:.4f}")
+    what = {
+        "per-expert": f"ensemble of {len(experts)} expert network(s)",
+        "multi-head": f"mean of {len(experts)} expert head(s) of one network",
+        "soft-label": "one network trained on the mean expert mask",
+    }[strategy]
+    lines.append(f"QUBIQ score ({what}): {ensemble['score']:.4f}")
     return "\n".join(lines)
 
 

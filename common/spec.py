@@ -20,6 +20,10 @@ SPLITS = ("train", "validation", "test")
 #: Training losses (see :mod:`common.losses`): soft Dice, or soft Dice plus binary cross-entropy.
 LOSS_NAMES = ("dice", "dice+bce")
 
+#: How the experts' masks are learned (see :mod:`common.pipeline`): one network per expert (the study),
+#: one network with a head per expert, or one network trained on the mean expert mask.
+STRATEGIES = ("per-expert", "multi-head", "soft-label")
+
 #: Folder names of the splits as distributed: ``<root>/<top>/<dataset>/[<inner>/]caseNN``.
 SPLIT_FOLDERS = {
     "train": ("training_data_v2", "Training"),
@@ -106,6 +110,9 @@ class Settings:
         loss: ``"dice"`` (the study's soft Dice) or ``"dice+bce"`` (soft Dice plus binary cross-entropy).
         patience: stop an expert's training once its validation loss has not improved for this many
             epochs (early stopping); 0 trains all ``epochs`` (the study).
+        strategy: ``"per-expert"`` (the study: one network per expert, maps averaged), ``"multi-head"``
+            (one network, one sigmoid head per expert, heads averaged) or ``"soft-label"`` (one network
+            trained with binary cross-entropy on the mean expert mask; ``loss`` does not apply).
     """
 
     input_size: int
@@ -125,6 +132,7 @@ class Settings:
     flip: bool = True
     loss: str = "dice"
     patience: int = 0
+    strategy: str = "per-expert"
 
     def __post_init__(self) -> None:
         if self.dropout not in ("spatial", "standard", "none"):
@@ -136,6 +144,13 @@ class Settings:
                 raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy == "soft-label" and self.loss != "dice":
+            raise ConfigError(
+                "strategy soft-label trains with binary cross-entropy on the mean expert mask (the loss minimised "
+                f"at p = g); loss {self.loss!r} does not apply to it"
+            )
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if not 0 <= self.rotation <= 180:

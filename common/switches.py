@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.spec import LOSS_NAMES, ConfigError, DatasetSpec, Settings
+from common.spec import LOSS_NAMES, STRATEGIES, ConfigError, DatasetSpec, Settings
 
 PRESETS = ("default", "study", "demo")
 DROPOUT_KINDS = ("spatial", "standard", "none")
@@ -154,6 +154,15 @@ SWITCHES: dict[str, Switch] = {
             _plain,
             "N",
             "early stop after N epochs with no better val loss; 0 off",
+        ),
+        Switch(
+            "strategy",
+            "strategy",
+            _choice(STRATEGIES),
+            str,
+            "NAME",
+            "per-expert (one network per expert), multi-head (one network, a head per expert) or soft-label "
+            "(one network on the mean expert mask)",
         ),
     )
 }

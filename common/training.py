@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.augmentation import Augmentation, random_transform
-from common.losses import dice_coefficient, make_loss
+from common.losses import MultiHeadLoss, SoftLabelBCELoss, dice_coefficient, make_loss, multi_head_dice
 from common.models import build_unet
 from common.reporting import write_atomic
 from common.spec import Settings
@@ -53,10 +53,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_model(settings: Settings, channels: int) -> keras.Model:
-    """The study's U-Net for ``settings`` (input ``input_size x input_size x channels``)."""
+def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Model:
+    """The study's U-Net for ``settings`` (input ``input_size x input_size x channels``, ``outputs`` sigmoid maps)."""
     return build_unet(
         (settings.input_size, settings.input_size, channels),
+        outputs=outputs,
         depth=settings.depth,
         base_filters=settings.base_filters,
         dropout=settings.dropout,
@@ -81,6 +82,8 @@ def training_dataset(
     augmentation: Augmentation | None,
     epochs: int,
     first_epoch: int = 0,
+    available: np.ndarray | None = None,
+    binary: bool = True,
 ) -> tf.data.Dataset:
     """The batches of epochs ``first_epoch .. epochs - 1``, shuffled and augmented.
 
@@ -88,15 +91,26 @@ def training_dataset(
     with the seed ``(seed, e * N + i)``: the stream is a function of the seed and the epoch alone, so a
     resumed training sees exactly the batches an uninterrupted one would have seen. Each epoch has
     ``ceil(N / batch_size)`` batches (the last may be smaller).
+
+    ``masks`` may hold several channels (one per head of a multi-head network); ``available``
+    ``(N, heads)`` then says which experts annotated each image, and is appended to the targets as
+    constant channels after augmentation (see ``MultiHeadLoss``). Soft targets (``binary=False``)
+    are warped without re-binarising.
     """
     count = len(images)
     images_t, masks_t = tf.constant(images), tf.constant(masks)
+    available_t = None if available is None else tf.constant(available, tf.float32)
     augment = augmentation is not None and not augmentation.is_identity
 
     def sample(index, position):
         image, mask = tf.gather(images_t, index), tf.gather(masks_t, index)
         if augment:
-            image, mask = random_transform(image, mask, tf.stack([tf.constant(seed, tf.int64), position]), augmentation)
+            image, mask = random_transform(
+                image, mask, tf.stack([tf.constant(seed, tf.int64), position]), augmentation, binary
+            )
+        if available_t is not None:
+            flags = tf.cast(tf.gather(available_t, index), mask.dtype)
+            mask = tf.concat([mask, tf.broadcast_to(flags, tf.shape(mask))], axis=-1)
         return image, mask
 
     def one_epoch(epoch):
@@ -111,6 +125,14 @@ def training_dataset(
         )
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def with_availability(masks: np.ndarray, available: np.ndarray | None) -> np.ndarray:
+    """Multi-head targets: the masks ``(N, S, S, E)`` followed by ``available (N, E)`` as constant channels."""
+    if available is None:
+        return masks
+    flags = np.broadcast_to(available[:, np.newaxis, np.newaxis, :], masks.shape).astype(masks.dtype)
+    return np.concatenate([masks, flags], axis=-1)
 
 
 def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -237,8 +259,23 @@ class TrainedExpert:
         return {**asdict(self), "model_path": str(self.model_path)}
 
 
+def compile_for(model: keras.Model, settings: Settings) -> None:
+    """Adam with the strategy's loss: ``--loss`` per network or per head; BCE on the mean mask for soft-label."""
+    if settings.strategy == "multi-head":
+        loss, metrics = MultiHeadLoss(settings.loss), [multi_head_dice]
+    elif settings.strategy == "soft-label":
+        loss, metrics = SoftLabelBCELoss(), [dice_coefficient]
+    else:
+        loss, metrics = make_loss(settings.loss), [dice_coefficient]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate), loss=loss, metrics=metrics)
+
+
+def network_label(expert: int | str) -> str:
+    return f"seg{expert:02d}" if isinstance(expert, int) else str(expert)
+
+
 def train_expert(
-    expert: int,
+    expert: int | str,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
     settings: Settings,
@@ -248,6 +285,7 @@ def train_expert(
     log: Callable[[str], None] = print,
     tensorboard_dir: Path | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    available: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> TrainedExpert:
     """Train one network on one expert's masks; keep the weights with the best validation loss.
 
@@ -255,8 +293,10 @@ def train_expert(
     with the saved weights, optimiser state and learning rate.
 
     Args:
-        expert: the expert's number (for names only).
-        train: images ``(N, S, S, C)`` and masks ``(N, S, S, 1)`` on the network's grid.
+        expert: the expert's number, or a name for a network that learns from all experts (for names only).
+        train: images ``(N, S, S, C)`` and targets ``(N, S, S, K)`` on the network's grid: one expert's
+            masks (K = 1), the mean expert mask (soft-label), or one mask per head (multi-head; a
+            missing mask is all 0 and flagged in ``available``). The network gets K outputs.
         validation: the same for the validation cases, or None to monitor the training loss.
         settings: network, optimiser and augmentation.
         out_dir: receives ``model.keras``, ``training_log.csv`` and the backup.
@@ -265,9 +305,14 @@ def train_expert(
         log: receives one plain-text line per epoch.
         tensorboard_dir: if given, TensorBoard logs go there.
         checkpoint_seconds: least time between two checkpoints (model and backup); 0: every epoch.
+        available: multi-head only: which experts annotated each training and validation image,
+            ``(N, K)`` 0/1 arrays.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
+    label = network_label(expert)
+    train_available, validation_available = available if available is not None else (None, None)
+    soft = settings.strategy == "soft-label"
     monitor = "val_loss" if validation is not None else "loss"
     state_path, backup_path = out_dir / BACKUP_STATE, out_dir / BACKUP_FILE
     first_epoch, best = 0, math.inf
@@ -275,14 +320,10 @@ def train_expert(
         state = json.loads(state_path.read_text())
         first_epoch, best = int(state["epoch"]), float(state["best"])
         model = keras.saving.load_model(backup_path)
-        log(f"seg{expert:02d}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
+        log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
     else:
-        model = build_model(settings, channels=train[0].shape[-1])
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
-            loss=make_loss(settings.loss),
-            metrics=[dice_coefficient],
-        )
+        model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
+        compile_for(model, settings)
     parameters = model.count_params()
     rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
     recorder = EpochRecorder(
@@ -290,7 +331,7 @@ def train_expert(
         monitor,
         rows,
         best,
-        f"seg{expert:02d}",
+        label,
         settings.epochs,
         log,
         patience=settings.patience,
@@ -310,13 +351,21 @@ def train_expert(
             augmentation_of(settings),
             epochs=settings.epochs,
             first_epoch=first_epoch,
+            available=train_available,
+            binary=not soft,
         )
         model.fit(
             stream,
             steps_per_epoch=math.ceil(len(train[0]) / settings.batch_size),
             epochs=settings.epochs,
             initial_epoch=first_epoch,
-            validation_data=evaluation_dataset(*validation, settings.batch_size) if validation is not None else None,
+            validation_data=(
+                evaluation_dataset(
+                    validation[0], with_availability(validation[1], validation_available), settings.batch_size
+                )
+                if validation is not None
+                else None
+            ),
             callbacks=callbacks,
             shuffle=False,  # the stream is shuffled by tf.data, from the seed
             verbose=verbose,
@@ -347,8 +396,8 @@ def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> Non
 
 
 def predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Sigmoid maps ``(N, S, S)`` of a saved model for images on the network's grid."""
+    """Sigmoid maps ``(N, S, S, K)`` of a saved model (K outputs) for images on the network's grid."""
     model = keras.saving.load_model(model_path)
     maps = model.predict(images, batch_size=batch_size, verbose=0)
     keras.backend.clear_session()
-    return maps[..., 0]
+    return maps

@@ -144,6 +144,8 @@ def test_cross_validation_on_toy_data(tmp_path):
         lines[-1].splitlines()[-1]
         == f"QUBIQ score over 2 folds: {mean:.4f} +/- {std:.4f} (mean +/- standard deviation)"
     )
+    assert lines[-1].splitlines()[-2].startswith("Uncertainty metrics (mean over the cases): GED ")
+    assert set(summary["uncertainty"]["per_case"]) == all_cases and summary["strategy"] == "per-expert"
 
     # resumed: nothing is trained again, the folds are those of splits.json
     again = []
