@@ -64,10 +64,16 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         f"(default: $QUBIQ_DATA{' = ' + env_root if env_root else ''}, else ./{DEFAULT_DATA_ROOT}; "
         f"with --demo: ./{DEFAULT_DEMO_ROOT}/seed<SEED>)",
     )
+    kinds = demo_kinds(spec)
     parser.add_argument(
         "--demo",
-        action="store_true",
-        help="generate (once) a synthetic dataset in the QUBIQ layout and use CPU-sized defaults",
+        nargs="?",
+        const="synthetic",
+        default=None,
+        choices=kinds,
+        help="generate (once) demo data in the QUBIQ layout and use CPU-sized defaults: "
+        + "; ".join(f"{kind}: {DEMO_KINDS[kind]}" for kind in kinds)
+        + " (default: synthetic)",
     )
     parser.add_argument(
         "--experts", type=parse_experts, default=None, help=f"experts to train, e.g. 1,3 (default: all {spec.experts})"
@@ -197,12 +203,49 @@ def resolve_settings(
     return apply_switches(base, values, spec)
 
 
+DEMO_KINDS = {
+    "synthetic": "phantoms of all four datasets (common.demo)",
+    "mni152": "real anatomy, brain tissue drawn by simulated experts on the MNI152 2009a template (common.anatomy)",
+}
+
+
+def demo_kinds(spec: DatasetSpec) -> list[str]:
+    """The demo datasets ``spec`` can use: the MNI152 one draws single-channel MRI with one task."""
+    single = spec.channels == 1 and spec.tasks == 1 and spec.modality == "MRI"
+    return ["synthetic", "mni152"] if single else ["synthetic"]
+
+
+def demo_kind(value: object) -> str | None:
+    """``config.json``'s ``demo`` value as a kind (runs before ``--demo mni152`` saved ``true``)."""
+    if value is True:
+        return "synthetic"
+    return value if value in DEMO_KINDS else None
+
+
 def resolve_data_root(args: argparse.Namespace) -> Path:
     if args.data_root is not None:
         return args.data_root
+    if args.demo == "mni152":
+        return DEFAULT_DEMO_ROOT / f"mni152-seed{args.seed}"
     if args.demo:
         return DEFAULT_DEMO_ROOT / f"seed{args.seed}"
     return Path(os.environ.get("QUBIQ_DATA") or DEFAULT_DATA_ROOT)
+
+
+def prepare_demo(spec: DatasetSpec, kind: str, root: Path, seed: int) -> None:
+    """Generate the demo data of ``kind`` under ``root`` unless it is already there."""
+    if kind not in demo_kinds(spec):
+        raise ConfigError(f"--demo {kind}: not available for {spec.name} (choose from {', '.join(demo_kinds(spec))})")
+    if kind == "mni152":
+        from common.anatomy import ensure_anatomy_demo
+
+        print(f"demo data: {root} ({spec.name} on the MNI152 2009a template, generated once from seed {seed})")
+        ensure_anatomy_demo(spec, root, seed)
+    else:
+        from common.demo import ensure_demo_data
+
+        print(f"demo data: {root} (all four datasets, generated once from seed {seed})")
+        ensure_demo_data(root, seed, extra=spec)
 
 
 def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, demo: Settings) -> Settings:
@@ -234,7 +277,7 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     args.seed = saved["seed"] if args.seed is None else args.seed
     args.experts = saved["experts"] if args.experts is None else args.experts
     args.data_root = Path(saved["data_root"]) if args.data_root is None else args.data_root
-    args.demo = args.demo or bool(saved.get("demo"))
+    args.demo = args.demo or demo_kind(saved.get("demo"))
     args.deterministic = args.deterministic or bool(saved.get("deterministic"))
     args.command = saved.get("command")
     if saved.get("kind") == "cross-validation":
@@ -266,10 +309,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         check_experts(spec, args.experts)
         data_root = resolve_data_root(args)
         if args.demo:
-            from common.demo import ensure_demo_data
-
-            print(f"demo data: {data_root} (all four datasets, generated once from seed {args.seed})")
-            ensure_demo_data(data_root, args.seed, extra=spec)
+            prepare_demo(spec, args.demo, data_root, args.seed)
         extra_config = {"demo": args.demo, "command": args.command}
         if args.folds is not None or args.splits is not None:
             for flag, given in (("--predict-test", args.predict_test), ("--tensorboard", args.tensorboard)):

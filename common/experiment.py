@@ -30,10 +30,12 @@ import itertools
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from common.cli import DEMO_KINDS
 from common.comparison import VariantResult, comparison_csv, comparison_rows, format_comparison, paired_comparison
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
@@ -209,6 +211,7 @@ def run_experiment(
                 seconds=summary["training_seconds"],
                 parameters=summary["parameters"],
                 networks=summary["networks"],
+                metrics=(summary.get("uncertainty") or {}).get("mean") or {},
             )
         )
     title = (
@@ -225,7 +228,7 @@ def run_experiment(
     }
     write_json(exp_dir / "comparison.json", comparison)
     write_atomic(exp_dir / "comparison.csv", comparison_csv(results))
-    command = " ".join((extra_config or {}).get("command") or [])
+    command = shlex.join((extra_config or {}).get("command") or [])
     settings_line = ", ".join(f"{k}={v}" for k, v in describe(base).items())
     write_atomic(
         exp_dir / "comparison.md",
@@ -259,7 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=None, help="folds (default 3, or those of --splits)")
     parser.add_argument("--splits", type=Path, default=None, metavar="FILE", help="reuse the folds of a splits.json")
     parser.add_argument("--preset", choices=PRESETS, default=None, help="base settings (default: demo with --demo)")
-    parser.add_argument("--demo", action="store_true", help="use (and generate once) the demo data")
+    parser.add_argument(
+        "--demo",
+        nargs="?",
+        const="synthetic",
+        default=None,
+        choices=sorted(DEMO_KINDS),
+        help="use (and generate once) demo data: synthetic (default) or mni152 (brain-growth on real anatomy)",
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="QUBIQ data root (as for the scripts)")
     parser.add_argument("--experts", default=None, help="experts to train, e.g. 1,2,3 (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the demo data and training")
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from common.cli import parse_experts, resolve_data_root
+    from common.cli import parse_experts, prepare_demo, resolve_data_root
     from common.data import DataError
 
     try:
@@ -306,14 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
             except argparse.ArgumentTypeError as error:
                 raise ConfigError(f"--experts: {error}") from None
             data_root = resolve_data_root(args)
-            command = sys.argv
+            command = ["python", "-m", "common.experiment", *(sys.argv[1:] if argv is None else argv)]
             if args.folds is None and args.splits is None:
                 args.folds = 3
         if args.demo and args.resume is None:
-            from common.demo import ensure_demo_data
-
-            print(f"demo data: {data_root} (generated once from seed {args.seed})")
-            ensure_demo_data(data_root, args.seed)
+            prepare_demo(spec, args.demo, data_root, args.seed)
         return run_experiment(
             spec,
             base,

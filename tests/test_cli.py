@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import Prostate
-from common.cli import build_parser, resolve_data_root, resolve_settings
+from common.cli import build_parser, demo_kind, demo_kinds, resolve_data_root, resolve_settings
 from common.spec import ConfigError
 from common.switches import default_preset
 
@@ -95,6 +95,7 @@ def test_data_root_resolution(monkeypatch):
     monkeypatch.delenv("QUBIQ_DATA", raising=False)
     assert resolve_data_root(parse()) == Path("Project_data")
     assert resolve_data_root(parse("--demo", "--seed", "4")) == Path("demo_data/seed4")
+    assert resolve_data_root(parse("--demo", "synthetic", "--seed", "4")) == Path("demo_data/seed4")
     monkeypatch.setenv("QUBIQ_DATA", "/data/qubiq")
     assert resolve_data_root(parse()) == Path("/data/qubiq")
     assert resolve_data_root(parse("--data-root", "x")) == Path("x")
@@ -133,3 +134,19 @@ def test_resume_refuses_another_dataset(tmp_path):
     assert "the run is of dataset kidney, not prostate" in result.stderr
     assert (run / "config.json").read_bytes() == before  # untouched
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_demo_kinds():
+    """The MNI152 demo draws single-channel MRI with one task: brain-growth only."""
+    import Brain_Growth
+    import Kidney
+
+    assert demo_kinds(Brain_Growth.DATASET) == ["synthetic", "mni152"]
+    assert [demo_kinds(m.DATASET) for m in (Kidney, Prostate)] == [["synthetic"]] * 2
+    args = build_parser(Brain_Growth.DATASET, Brain_Growth.STUDY, Brain_Growth.DEMO, 1).parse_args(
+        ["--demo", "mni152", "--seed", "2"]
+    )
+    assert args.demo == "mni152" and resolve_data_root(args) == Path("demo_data/mni152-seed2")
+    assert demo_kind(True) == "synthetic" and demo_kind("mni152") == "mni152" and demo_kind(False) is None
+    result = run_script("--demo", "mni152")
+    assert result.returncode == 2 and "--demo: invalid choice: 'mni152'" in result.stderr

@@ -60,7 +60,7 @@ def test_script_on_demo_data(script, task, demo_root, tmp_path):
     assert not (run / "experts" / "seg03").exists()
 
     config = json.loads((run / "config.json").read_text())
-    assert config["task"] == task and config["demo"] is True and config["experts"] == [1, 2]
+    assert config["task"] == task and config["demo"] == "synthetic" and config["experts"] == [1, 2]
     assert config["settings"]["input_size"] == 32 and config["settings"]["epochs"] == 1
     held_out = config["split"]["held_out"]
     assert len(held_out) == spec.n_held_out
