@@ -9,7 +9,7 @@ import tensorflow as tf
 from helpers import SPEC, TINY, make_toy_root
 
 from common.augmentation import apply_transform
-from common.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelBCELoss, multi_head_dice
+from common.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
 from common.models import build_unet
 from common.pipeline import PreparedCase, job_targets, run_task, training_jobs
 from common.spec import ConfigError, Settings
@@ -109,11 +109,38 @@ def test_multi_head_dice():
 def test_soft_label_loss_is_minimised_at_the_target(g):
     target = np.full((1, 2, 2, 1), g, np.float32)
     grid = np.linspace(0.01, 0.99, 99)
-    values = [SoftLabelBCELoss()(target, np.full((1, 2, 2, 1), p, np.float32)).numpy() for p in grid]
+    values = [SoftLabelLoss()(target, np.full((1, 2, 2, 1), p, np.float32)).numpy() for p in grid]
     assert grid[int(np.argmin(values))] == pytest.approx(min(max(g, 0.01), 0.99), abs=0.006)
     soft_dice_values = [SoftDiceLoss()(target, np.full((1, 2, 2, 1), p, np.float32)).numpy() for p in grid]
     if 0 < g < 1:  # soft Dice pushes away from g (module docstring of common.losses)
         assert abs(grid[int(np.argmin(soft_dice_values))] - g) > 0.1
+
+
+def test_soft_label_loss_hand_computed():
+    """g = (0.5, 0, 1, 0), p = (0.5, 0.25, 0.75, 0.25): Dice term 1 - 3 / 3.1875; BCE (ln 2 + 3 ln 4/3) / 4."""
+    g = np.array([0.5, 0.0, 1.0, 0.0], np.float32).reshape(1, 2, 2, 1)
+    p = np.array([0.5, 0.25, 0.75, 0.25], np.float32).reshape(1, 2, 2, 1)
+    dice = 1 - (2 * 1.0 + 1) / (0.9375 + 1.25 + 1)  # sum(pg) = 1, sum(p^2) = 0.9375, sum(g^2) = 1.25, smooth 1
+    bce = (np.log(2) + 3 * np.log(4 / 3)) / 4
+    assert SoftLabelLoss()(g, p).numpy() == pytest.approx(dice, rel=1e-5)
+    assert SoftLabelLoss(bce_weight=1)(g, p).numpy() == pytest.approx(dice + bce, rel=1e-5)
+    assert SoftLabelLoss()(g, g).numpy() == pytest.approx(0.0, abs=1e-6)
+    empty = np.zeros_like(g)  # an empty target: 1 - 1 / (sum(p^2) + 1) pushes towards an empty map
+    assert SoftLabelLoss()(empty, p).numpy() == pytest.approx(1 - 1 / (0.9375 + 1), rel=1e-5)
+    assert SoftLabelLoss()(empty, empty).numpy() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="bce_weight must be >= 0"):
+        SoftLabelLoss(bce_weight=-1)
+
+
+def test_soft_label_loss_has_no_gradient_at_the_target():
+    """A graded, non-uniform target: both terms are stationary at p = g, pixel by pixel."""
+    g = np.array([0.0, 1 / 3, 2 / 3, 1.0, 0.5, 0.2], np.float32).reshape(1, 2, 3, 1)
+    p = tf.Variable(np.clip(g, 1e-3, 1 - 1e-3))
+    with tf.GradientTape() as tape:
+        value = SoftLabelLoss(bce_weight=1)(g, p)
+    grad = tape.gradient(value, p).numpy().ravel()
+    inner = (g.ravel() > 0) & (g.ravel() < 1)  # at 0 and 1 the clip moves p off the target
+    assert np.abs(grad[inner]).max() < 1e-4
 
 
 def test_soft_targets_survive_augmentation():
@@ -133,7 +160,7 @@ def test_heads_share_all_but_the_last_layer():
 
 
 def test_soft_label_refuses_another_loss():
-    with pytest.raises(ConfigError, match="soft-label trains with binary cross-entropy"):
+    with pytest.raises(ConfigError, match="soft-label trains on the mean expert mask with a squared-denominator"):
         Settings(input_size=16, depth=2, strategy="soft-label", loss="dice+bce")
 
 
