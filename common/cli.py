@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from common.spec import ConfigError, DatasetSpec, Settings
+from common.spec import DISTRIBUTE_CHOICES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, SWITCHES, Switch, apply_switches, preset
 
 DEFAULT_DATA_ROOT = Path("Project_data")
@@ -90,10 +90,21 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         help="TensorFlow op determinism: same seed, same weights on the same machine (slower)",
     )
     parser.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE_CHOICES,
+        default="none",
+        help="mirrored: train each network with tf.distribute.MirroredStrategy over all local GPUs (without "
+        "GPUs: the CPU logical devices, one unless configured); --batch-size is the global batch, split evenly "
+        "across the replicas (a multiple of them), with batch norm over the whole batch; with one device it is "
+        "the same as none. Each epoch leaves out its last (images mod replicas) training images; otherwise the "
+        "result changes by float rounding only, so it is a runtime option (recorded in config.json), not a setting",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="run folder to create (default: runs/<dataset>-task<N>-<time>); never overwritten",
+        help="run folder to create (default: runs/<dataset>-task<N>-<time>); never overwritten "
+        "(with --train-only: created, or joined by the run's other jobs)",
     )
     parser.add_argument(
         "--resume",
@@ -134,6 +145,29 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         metavar="FILE",
         help="with --folds: reuse the folds of this splits.json (from an earlier cross-validation or experiment)",
     )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="one job of a run split into jobs (e.g. a job array): train and predict only --experts into the "
+        "shared run folder --out, which the run's other jobs create or join with the same options; "
+        "then --gather it",
+    )
+    parser.add_argument(
+        "--fold",
+        type=int_at_least(1),
+        default=None,
+        metavar="k",
+        help="with --folds: one job of a cross-validation split into jobs: run only fold k in the shared folder "
+        "--out (with --train-only: only --experts of fold k); then --resume the folder to gather the folds",
+    )
+    parser.add_argument(
+        "--gather",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="score a run trained as jobs (--train-only) from its saved per-expert maps, with no TensorFlow; "
+        "its configuration comes from RUN_DIR/config.json (also: python -m common.gather RUN_DIR)",
+    )
     add_switches(parser, spec, study, demo)
     return parser
 
@@ -151,6 +185,7 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
         if name == "ct_window" and spec.modality != "CT":
             continue  # MRI: no Hounsfield units to window
         values = "; ".join(f"{p}: {entry.show(getattr(s, entry.field))}" for p, s in presets.items())
+        bare = {"nargs": "?", "const": entry.bare} if entry.bare is not None else {}  # --mixed-precision alone: on
         group.add_argument(
             entry.option,
             dest=f"switch_{name}",
@@ -158,6 +193,7 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
             default=argparse.SUPPRESS,  # absent unless given: "off" parses to None
             metavar=entry.metavar,
             help=f"{entry.help} ({values})",
+            **bare,
         )
 
 
@@ -296,6 +332,8 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     from common.pipeline import check_experts, check_task
 
     try:
+        if args.gather is not None:
+            return gather_from_command_line(parser, args, spec)
         if args.checkpoint_every is not None and not args.checkpoint_every >= 0:
             raise ConfigError(f"--checkpoint-every: expected seconds >= 0, got {args.checkpoint_every}")
         args.command = sys.argv
@@ -310,9 +348,12 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         data_root = resolve_data_root(args)
         if args.demo:
             prepare_demo(spec, args.demo, data_root, args.seed)
-        extra_config = {"demo": args.demo, "command": args.command}
+        extra_config = {"demo": args.demo, "command": args.command, "distribute": args.distribute}
         if args.folds is not None or args.splits is not None:
-            for flag, given in (("--predict-test", args.predict_test), ("--tensorboard", args.tensorboard)):
+            for flag, given in (
+                ("--predict-test", args.predict_test),
+                ("--tensorboard", args.tensorboard),
+            ):
                 if given:
                     raise ConfigError(f"{flag} applies to a single run, not to cross-validation (--folds/--splits)")
             from common.crossval import run_cross_validation
@@ -333,7 +374,12 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
                 verbose=0 if args.quiet else 2,
                 extra_config=extra_config,
                 checkpoint_seconds=args.checkpoint_every,
+                distribute=args.distribute,
+                only_fold=args.fold,
+                train_only=args.train_only,
             )
+        if args.fold is not None:
+            raise ConfigError("--fold k picks a fold of a cross-validation: give --folds K (or --splits FILE) too")
         from common.pipeline import run_task
 
         return run_task(
@@ -352,6 +398,30 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             verbose=0 if args.quiet else 2,
             extra_config=extra_config,
             checkpoint_seconds=args.checkpoint_every,
+            distribute=args.distribute,
+            train_only=args.train_only,
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+#: What may accompany --gather: everything else comes from the run's config.json.
+GATHER_OPTIONS = {"gather", "data_root", "no_plots", "quiet"}
+
+
+def gather_from_command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, spec: DatasetSpec) -> dict:
+    """``--gather RUN_DIR``: refuse options that would not apply, then gather (no TensorFlow)."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    given = [
+        flags[dest]
+        for dest, value in vars(args).items()
+        if dest in flags and dest not in GATHER_OPTIONS and value != parser.get_default(dest)
+    ]
+    if given:
+        raise ConfigError(
+            f"--gather takes the run's configuration from {args.gather / 'config.json'}; "
+            f"{', '.join(given)} does not apply (only --data-root and --no-plots do)"
+        )
+    from common.gather import gather_run
+
+    return gather_run(args.gather, spec=spec, data_root=args.data_root, plots=not args.no_plots)

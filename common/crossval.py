@@ -169,6 +169,9 @@ def run_cross_validation(
     log: Callable[[str], None] = print,
     extra_config: dict | None = None,
     checkpoint_seconds: float | None = None,
+    only_fold: int | None = None,
+    train_only: bool = False,
+    distribute: str = "none",
 ) -> dict:
     """Train and score the per-expert ensemble in every fold; the QUBIQ score per fold, mean and spread.
 
@@ -176,9 +179,18 @@ def run_cross_validation(
     resuming, else from :func:`make_folds` with ``seed``. Each fold's run folder is a complete
     :func:`~common.pipeline.run_task` folder; with ``resume`` finished folds are reused and an
     interrupted one continues. Returns what ``cv_results.json`` holds.
+
+    With ``only_fold`` this is one job of a cross-validation split into jobs (one per fold, or with
+    ``train_only`` one per fold and expert, :mod:`common.gather`): ``out`` is created or joined (its
+    ``config.json`` must match), only that fold is run, and the fold's results (or the job's report) are
+    returned; no ``cv_results.json`` is written. ``resume`` then gathers: finished folds are read from
+    their ``results.json``, a fold whose expert jobs have all finished is gathered from its saved maps.
     """
     check_task(spec, task)
     experts = check_experts(spec, experts)
+    planned = check_experts(spec, None) if train_only else experts  # the ensemble; a job trains part of it
+    if train_only and only_fold is None:
+        raise ConfigError("--train-only with --folds needs --fold k: each job trains experts of one fold")
     cases = discover_cases(data_root, spec.name, "train") + discover_cases(data_root, spec.name, "validation")
     case_ids = [c.case_id for c in cases]
     if len(set(case_ids)) != len(case_ids):
@@ -197,6 +209,16 @@ def run_cross_validation(
         source = splits_file if splits_file is not None else out / SPLITS_FILE
         raise ConfigError(f"--folds {folds}, but {source} holds {len(split_list)} folds")
     k = len(split_list)
+    if only_fold is not None:
+        if out is None:
+            raise ConfigError("--fold needs --out CV: the cross-validation folder that all fold jobs share")
+        if resume:
+            raise ConfigError(
+                f"--fold and --resume: rerun the fold's own command to continue it; --resume {out} without --fold "
+                "gathers the folds"
+            )
+        if not 1 <= only_fold <= k:
+            raise ConfigError(f"--fold {only_fold}: the cross-validation has folds 1 to {k}")
     config = json.loads(
         json.dumps(
             {
@@ -204,13 +226,14 @@ def run_cross_validation(
                 "dataset": spec.to_dict(),
                 "task": task,
                 "task_name": spec.task_name(task),
-                "experts": experts,
+                "experts": planned,
                 "seed": seed,
                 "deterministic": deterministic,
                 "data_root": str(Path(data_root).resolve()),
                 "settings": settings.to_dict(),
                 "folds": k,
                 "split_seeded": {"folds": split_list},
+                **({"jobs": True} if only_fold is not None else {}),
                 **(extra_config or {}),
             }
         )
@@ -218,23 +241,44 @@ def run_cross_validation(
     if resume:
         check_resumable(json.loads((out / "config.json").read_text()), config, out)
         cv_dir = out
+    elif only_fold is not None:  # created by the first fold job, joined by the others
+        from common.gather import claim_config, claim_file, open_job_dir
+
+        cv_dir = open_job_dir(out, config)
+        claim_config(cv_dir, {**config, "versions": versions()})
+        claim_file(
+            cv_dir / SPLITS_FILE,
+            {"dataset": spec.name, "seed": seed if splits_file is None else None, "folds": split_list},
+        )
     else:
         cv_dir = prepare_run_dir(out if out is not None else new_run_dir(default_cv_dir(spec, task, k)), spec, task)
         config["versions"] = versions()
         write_json(cv_dir / "config.json", config)
         write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed if splits_file is None else None)
-    runlog = RunLog(cv_dir / "run.log", echo=log)
+    if only_fold is None:
+        runlog = RunLog(cv_dir / "run.log", echo=log)
+    else:  # a job's own log: jobs never append to a shared file
+        job_log = f"fold{only_fold}" + "".join(f"-seg{e:02d}" for e in experts if train_only) + ".log"
+        runlog = RunLog(cv_dir / "jobs" / job_log, echo=log)
     runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
     started = time.perf_counter()
     fold_results = []
+    from common.gather import gather_run, ready_to_gather
+
     for number, fold in enumerate(split_list, start=1):
+        if only_fold is not None and number != only_fold:
+            continue
         fold_dir = cv_dir / f"fold{number}"
         prefix = f"[fold {number}/{k}]"
         if (fold_dir / "results.json").is_file():
             results = json.loads((fold_dir / "results.json").read_text())
             runlog(f"{prefix} already done (QUBIQ {results['score']:.4f}), reusing it")
+        elif not train_only and ready_to_gather(fold_dir):
+            runlog(f"{prefix} every expert was trained by its job: gathering their saved maps")
+            results = gather_run(fold_dir, spec=spec, data_root=data_root, plots=plots, log=runlog)
+            runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
         else:
-            resuming = (fold_dir / "config.json").is_file()
+            resuming = (fold_dir / "config.json").is_file() and not train_only
             runlog(
                 f"{prefix} {'continuing' if resuming else 'training'}: {len(fold['train'])} training, "
                 f"{len(fold['validation'])} validation, {len(fold['held_out'])} held-out cases "
@@ -256,8 +300,15 @@ def run_cross_validation(
                 extra_config={"fold": number, "folds": k, **(extra_config or {})},
                 split=fold,
                 checkpoint_seconds=checkpoint_seconds,
+                train_only=train_only,
+                distribute=distribute,
             )
-            runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
+            if not train_only:
+                runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
+        if only_fold is not None:
+            script = (extra_config or {}).get("command") or ["<the dataset's script>"]
+            runlog(f"{prefix} job done; once every fold's jobs are done: python {script[0]} --resume {cv_dir}")
+            return results
         networks = results.get("networks") or results.get("per_expert", {})
         fold_results.append(
             {

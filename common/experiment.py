@@ -154,6 +154,8 @@ def run_experiment(
         if out is None or not (out / EXPERIMENT_FILE).is_file():
             raise ConfigError(f"--resume {out}: not an experiment folder (no {EXPERIMENT_FILE} there)")
         saved = json.loads((out / EXPERIMENT_FILE).read_text())
+        if isinstance(saved.get("base_settings"), dict):  # fields added since (mixed_precision) at their defaults
+            saved["base_settings"] = json.loads(json.dumps(Settings.from_dict(saved["base_settings"]).to_dict()))
         keys = ("dataset", "task", "design", "vary", "base_settings", "experts", "seed", "data_root")
         differing = [k for k in keys if json.loads(json.dumps(record[k])) != saved.get(k)]
         if differing:

@@ -281,8 +281,21 @@ def open_run_dir(out: Path | None, spec: DatasetSpec, task: int, resume: bool) -
     return out
 
 
+def _settings_record(values: dict | None) -> dict | None:
+    """Saved settings with the fields added since (``mixed_precision``) at their defaults, as in JSON.
+
+    A run folder written before a field existed ran with its default, so it can still be resumed.
+    """
+    try:
+        return _json_ready(Settings.from_dict(values).to_dict())
+    except (TypeError, ValueError):
+        return values  # unreadable: compared as it is, and reported as differing
+
+
 def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
     """Refuse to resume a run folder made for another dataset, task or configuration."""
+    saved = {**saved, "settings": _settings_record(saved.get("settings"))}
+    config = {**config, "settings": _settings_record(config.get("settings"))}
     differing = [key for key in RESUME_KEYS if saved.get(key) != config.get(key)]
     if differing:
         details = "; ".join(f"{key}: run has {saved.get(key)!r}, now {config.get(key)!r}" for key in differing)
@@ -313,6 +326,8 @@ def run_task(
     extra_config: dict | None = None,
     split: dict[str, list[str]] | None = None,
     checkpoint_seconds: float | None = None,
+    train_only: bool = False,
+    distribute: str = "none",
 ) -> dict:
     """Train one network per expert for ``task``, ensemble them on the held-out cases and score them.
 
@@ -328,11 +343,27 @@ def run_task(
     With ``resume``, ``out`` is an interrupted run folder: finished experts are reused, an interrupted
     one continues from its last epoch.
 
+    ``distribute`` (``"none"`` or ``"mirrored"``) is how each network trains on the local devices
+    (:func:`common.training.train_expert`); a runtime choice, recorded through ``extra_config`` by the
+    command line, and free to differ when a run is resumed.
+
+    With ``train_only`` this is one job of a run split into jobs (:mod:`common.gather`): ``out`` is
+    the run folder all jobs share (created, or joined when its ``config.json`` matches), the run's
+    ensemble is every expert of the dataset, and only ``experts`` are trained and predicted; nothing
+    shared is written (no ensemble map, no ``results.json``), and ``python -m common.gather`` scores
+    the run once every job has finished. Returns the job's report instead of the results.
+
     Returns the results (also written to ``results.json`` in the run folder, whose path is under
     ``results["run_dir"]``).
     """
     check_task(spec, task)
     experts = check_experts(spec, experts)
+    planned = experts  # the run's ensemble; a job trains part of it
+    if train_only:
+        from common.gather import check_job_options
+
+        check_job_options(settings, out, resume)
+        planned = check_experts(spec, None)
     train_cases = discover_cases(data_root, spec.name, "train")
     try:
         validation_cases = discover_cases(data_root, spec.name, "validation")
@@ -358,22 +389,31 @@ def run_task(
         "dataset": spec.to_dict(),
         "task": task,
         "task_name": spec.task_name(task),
-        "experts": experts,
+        "experts": planned,
         "seed": seed,
         "deterministic": deterministic,
         "data_root": str(Path(data_root).resolve()),
         "settings": settings.to_dict(),
         "split_seeded": split_record,
+        **({"jobs": True, "predict_test": predict_test} if train_only else {}),
         **(extra_config or {}),
     }
     config = _json_ready(config)
-    run_dir = open_run_dir(out, spec, task, resume)
+    if train_only:
+        from common.gather import job_log_path, open_job_dir
+
+        run_dir = open_job_dir(out, config)
+    else:
+        run_dir = open_run_dir(out, spec, task, resume)
     if resume:
         check_resumable(json.loads((run_dir / "config.json").read_text()), config, run_dir)
-    runlog = RunLog(run_dir / "run.log", echo=log)
-    runlog(
-        f"{spec.title}, task {task} ({spec.task_name(task)}): {'resuming' if resume else 'new'} run folder {run_dir}"
+    runlog = RunLog(job_log_path(run_dir, experts) if train_only else run_dir / "run.log", echo=log)
+    opening = f"{spec.title}, task {task} ({spec.task_name(task)}): " + (
+        f"job training {', '.join(map(expert_name, experts))} in run folder {run_dir}"
+        if train_only
+        else f"{'resuming' if resume else 'new'} run folder {run_dir}"
     )
+    (log if train_only else runlog)(opening)  # a job writes its log once it has joined the run, below
 
     # Training imports TensorFlow; everything above fails fast without it.
     from common import training
@@ -384,7 +424,8 @@ def run_task(
 
     training.seed_everything(seed, deterministic)
     config["versions"] = versions()
-    write_json(run_dir / "config.json", config)
+    if not train_only:  # a job writes the shared config.json once its split is known, below
+        write_json(run_dir / "config.json", config)
 
     held = set(held_out)
     by_id = {c.case_id: c for c in train_cases + validation_cases}
@@ -406,13 +447,21 @@ def run_task(
     averager = MapAverager()
     held_maps: dict[str, dict[str, np.ndarray]] = {}
     trained: dict[str, training.TrainedExpert] = {}
-    for name, parts in per_expert_cases(pool, validation, experts).items():
+    for name, parts in per_expert_cases(pool, validation, planned).items():
         record.per_expert[name] = parts
+    if train_only:
+        from common.gather import claim_config, expert_complete
+
+        claim_config(run_dir, {**config, "split": record.to_dict()})
+        runlog.to_file(opening)
     jobs = training_jobs(settings.strategy, experts, seed)
     started = time.perf_counter()
     for number, job in enumerate(jobs, start=1):
         folder = run_dir / job.folder
         prefix = f"[{job.kind} {number}/{len(jobs)}] {job.name}"
+        if train_only and expert_complete(run_dir, spec.name, task, job.heads[0], [c.case.case_id for c in predicted]):
+            runlog(f"{prefix}: already trained and predicted ({RESULT_FILE} and its maps), nothing to do")
+            continue
         if (folder / RESULT_FILE).is_file():
             result = training.TrainedExpert(**json.loads((folder / RESULT_FILE).read_text()))
             result.model_path = folder / training.MODEL_FILE
@@ -441,6 +490,7 @@ def run_task(
                 tensorboard_dir=run_dir / "tensorboard" / job.name if tensorboard else None,
                 checkpoint_seconds=checkpoint_seconds,
                 available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
+                distribute=distribute,
             )
             training.finish_expert(folder, result, RESULT_FILE)
             resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
@@ -467,6 +517,10 @@ def run_task(
                 if case.case.case_id in held:
                     held_maps[name][case.case.case_id] = probability
 
+    if train_only:
+        from common.gather import finish_job
+
+        return finish_job(run_dir, spec, task, planned, experts, [c.case.case_id for c in predicted], runlog)
     ensemble_all = averager.mean()
     for case in predicted:
         write_prediction(
@@ -474,15 +528,58 @@ def run_task(
             ensemble_all[case.case.case_id],
             case.reference,
         )
+    config["split"] = record.to_dict()
+    write_json(run_dir / "config.json", config)
+    return report_run(
+        run_dir,
+        spec,
+        settings,
+        task,
+        scored,
+        {case_id: ensemble_all[case_id] for case_id in held_out},
+        held_maps,
+        {name: {k: v for k, v in result.to_dict().items() if k != "expert"} for name, result in trained.items()},
+        {
+            "folder": str(predictions_root),
+            "held_out": held_out,
+            "validation": record.validation,
+            "test": [c.case.case_id for c in test],
+        },
+        time.perf_counter() - started,
+        runlog,
+        {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs} if plots else None,
+    )
+
+
+def report_run(
+    run_dir: Path,
+    spec: DatasetSpec,
+    settings: Settings,
+    task: int,
+    scored: list[PreparedCase],
+    ensemble: dict[str, np.ndarray],
+    held_maps: dict[str, dict[str, np.ndarray]],
+    networks: dict[str, dict],
+    predictions: dict,
+    training_seconds: float,
+    runlog: RunLog,
+    plot_logs: dict[str, Path] | None,
+    extra_results: dict | None = None,
+) -> dict:
+    """Score the ensemble and each member on the held-out cases; write ``results.json``,
+    ``dice_matrix.csv`` and the plots (unless ``plot_logs``, the training logs to draw, is None); log
+    the table.
+
+    One function for :func:`run_task` and for gathering the jobs of a split run
+    (:func:`common.gather.gather_run`), so that a gathered run folder is written by the same code as a
+    one-process one. ``ensemble`` and ``held_maps`` (member -> case -> map) hold the held-out cases'
+    maps; ``networks`` each trained network's ``result.json`` entries (without ``expert``).
+    """
     truth = {c.case.case_id: c.original_masks for c in scored}
-    ensemble = {case_id: ensemble_all[case_id] for case_id in held_out}
     ensemble_scores = score_cases(ensemble, truth)
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     references = reference_scores(truth)
     uncertainty = uncertainty_metrics(ensemble, truth, held_maps)
-
-    config["split"] = record.to_dict()
-    write_json(run_dir / "config.json", config)
     results = {
         "dataset": spec.name,
         "task": task,
@@ -498,33 +595,23 @@ def run_task(
                 "score": s["score"],
                 "per_case": s["per_case"],
                 "per_threshold": s["per_threshold"],
-                **(
-                    {k: v for k, v in trained[name].to_dict().items() if k not in ("expert", "model_path")}
-                    if name in trained
-                    else {}
-                ),
+                **{k: v for k, v in networks.get(name, {}).items() if k != "model_path"},
             }
             for name, s in expert_scores.items()
         },
         "experts_in_ensemble": list(held_maps),
         "strategy": settings.strategy,
-        "networks": {
-            name: {k: v for k, v in result.to_dict().items() if k != "expert"} for name, result in trained.items()
-        },
+        "networks": networks,
         "uncertainty": uncertainty,
         "reference_scores": references,
-        "predictions": {
-            "folder": str(predictions_root),
-            "held_out": held_out,
-            "validation": record.validation,
-            "test": [c.case.case_id for c in test],
-        },
-        "training_seconds": time.perf_counter() - started,
+        "predictions": predictions,
+        "training_seconds": training_seconds,
         "run_dir": str(run_dir),
+        **(extra_results or {}),
     }
     write_json(run_dir / "results.json", results)
     write_atomic(run_dir / "dice_matrix.csv", dice_matrix_csv(ensemble_scores))
-    if plots:
+    if plot_logs is not None:
         write_plots(
             run_dir / PLOTS_FOLDER,
             spec,
@@ -534,9 +621,9 @@ def run_task(
             references,
             scored,
             ensemble,
-            {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs},
+            plot_logs,
         )
-    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(held_out)} held-out cases"
+    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(ensemble)} held-out cases"
     runlog(format_table(title, ensemble_scores, expert_scores, references, settings.strategy, uncertainty["mean"]))
     return results
 

@@ -24,6 +24,11 @@ LOSS_NAMES = ("dice", "dice+bce")
 #: one network with a head per expert, or one network trained on the mean expert mask.
 STRATEGIES = ("per-expert", "multi-head", "soft-label")
 
+#: ``--distribute``: how each network's training uses the local devices (see
+#: ``common.training.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
+#: what is trained.
+DISTRIBUTE_CHOICES = ("none", "mirrored")
+
 #: Folder names of the splits as distributed: ``<root>/<top>/<dataset>/[<inner>/]caseNN``.
 SPLIT_FOLDERS = {
     "train": ("training_data_v2", "Training"),
@@ -112,7 +117,12 @@ class Settings:
             epochs (early stopping); 0 trains all ``epochs`` (the study).
         strategy: ``"per-expert"`` (the study: one network per expert, maps averaged), ``"multi-head"``
             (one network, one sigmoid head per expert, heads averaged) or ``"soft-label"`` (one network
-            trained with binary cross-entropy on the mean expert mask; ``loss`` does not apply).
+            trained on the mean expert mask with a squared-denominator soft Dice, minimised at the
+            mean, see ``common.losses.SoftLabelLoss``; ``loss`` does not apply).
+        mixed_precision: compute in 16-bit floats where the hardware does it natively (bfloat16 on a
+            CPU with AVX512-BF16 or AMX, float16 on a GPU), keeping the weights, the sigmoid output
+            and the losses in float32 (see ``common.training.precision_policy``). It changes the
+            arithmetic, so it is a setting recorded with the run, not a runtime option.
     """
 
     input_size: int
@@ -133,6 +143,7 @@ class Settings:
     loss: str = "dice"
     patience: int = 0
     strategy: str = "per-expert"
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         if self.dropout not in ("spatial", "standard", "none"):
@@ -148,8 +159,8 @@ class Settings:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.strategy == "soft-label" and self.loss != "dice":
             raise ConfigError(
-                "strategy soft-label trains with binary cross-entropy on the mean expert mask (the loss minimised "
-                f"at p = g); loss {self.loss!r} does not apply to it"
+                "strategy soft-label trains on the mean expert mask with a squared-denominator soft Dice (a loss "
+                f"minimised at p = g); loss {self.loss!r} does not apply to it"
             )
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
@@ -171,7 +182,11 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict) -> Settings:
-        """Settings as written by :meth:`to_dict` (and read back from JSON)."""
+        """Settings as written by :meth:`to_dict` (and read back from JSON).
+
+        A field missing from ``values`` takes its default: a ``config.json`` written before the field
+        existed (``mixed_precision``) describes a run that had the default behaviour.
+        """
         values = dict(values)
         if values.get("ct_window") is not None:
             values["ct_window"] = tuple(values["ct_window"])

@@ -6,6 +6,7 @@ text form and a formatter back to text. The dataset scripts turn each entry into
 and ``--set``. Text forms:
 
 - on/off switches: ``on`` or ``off`` (also ``true``/``false``, ``yes``/``no``, ``1``/``0``);
+  ``--mixed-precision`` given alone means ``on`` (``Switch.bare``);
 - the CT window: ``LEVEL/WIDTH`` in Hounsfield units (the study's 0..255 HU is ``127.5/255``;
   a soft-tissue window is ``40/400``) or ``off``.
 
@@ -103,7 +104,11 @@ def show_ct_window(window: tuple[float, float] | None) -> str:
 
 @dataclass(frozen=True)
 class Switch:
-    """One setting as a named switch: its Settings field, how to read it from text and write it back."""
+    """One setting as a named switch: its Settings field, how to read it from text and write it back.
+
+    ``bare`` is the text meant by the option given without a value on the command line (``on`` for
+    ``--mixed-precision``), or None when the option needs a value.
+    """
 
     name: str
     field: str
@@ -111,6 +116,7 @@ class Switch:
     show: Callable[[Any], str]
     metavar: str
     help: str
+    bare: str | None = None
 
     @property
     def option(self) -> str:
@@ -163,6 +169,15 @@ SWITCHES: dict[str, Switch] = {
             "NAME",
             "per-expert (one network per expert), multi-head (one network, a head per expert) or soft-label "
             "(one network on the mean expert mask)",
+        ),
+        Switch(
+            "mixed_precision",
+            "mixed_precision",
+            _on_off,
+            _show_on_off,
+            "on|off",
+            "16-bit compute, float32 weights and losses: bfloat16 on a CPU that has it, float16 on a GPU; alone: on",
+            bare="on",
         ),
     )
 }

@@ -16,13 +16,14 @@ third of the training time; an interruption loses at most ``checkpoint_seconds``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,10 +32,10 @@ import numpy as np
 import tensorflow as tf
 
 from common.augmentation import Augmentation, random_transform
-from common.losses import MultiHeadLoss, SoftLabelBCELoss, dice_coefficient, make_loss, multi_head_dice
+from common.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
 from common.models import build_unet
 from common.reporting import write_atomic
-from common.spec import Settings
+from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
 
 MODEL_FILE = "model.keras"
 LOG_FILE = "training_log.csv"
@@ -51,6 +52,121 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+#: /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware (AVX512-BF16; AMX on Sapphire Rapids and later).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has bfloat16 instructions, from the ``flags`` lines of ``cpuinfo``.
+
+    False when the file cannot be read (not Linux): without the instructions TensorFlow emulates
+    bfloat16 arithmetic in software, which is slower than float32, so assuming no is the safe side.
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & BF16_CPU_FLAGS)
+
+
+def gpu_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def precision_policy(settings: Settings, log: Callable[[str], None] = print) -> str:
+    """The Keras dtype policy that ``settings.mixed_precision`` asks for on this machine.
+
+    - off: ``"float32"``;
+    - on, with a GPU visible: ``"mixed_float16"``, the 16-bit type of every GPU with tensor cores
+      (Keras then wraps the optimiser in a ``LossScaleOptimizer``, since float16 gradients underflow);
+    - on, on a CPU with bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``): ``"mixed_bfloat16"``
+      (float32's exponent range, so no loss scaling);
+    - on, on another CPU: ``"float32"`` after a one-line notice, because emulated bfloat16 would be
+      slower than the float32 it replaces.
+
+    Under a mixed policy the weights stay float32 and the layers compute in 16 bits; the sigmoid
+    output (``build_unet``) and the losses (``common.losses``) stay float32.
+    """
+    if not settings.mixed_precision:
+        return "float32"
+    if gpu_visible():
+        return "mixed_float16"
+    if cpu_supports_bf16():
+        return "mixed_bfloat16"
+    log("mixed precision: this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16); training in float32")
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``name`` inside the block, and the previous one restored after.
+
+    Global because Keras reads it when a layer is created (building) and when a saved model's
+    optimiser is rebuilt (loading a mixed_float16 model outside the policy drops its loss-scale
+    optimiser's state); restored so that one network's precision never leaks into the next.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def distribution_strategy(distribute: str) -> tf.distribute.Strategy | None:
+    """``tf.distribute.MirroredStrategy`` over every local GPU, or without GPUs over the local CPU
+    logical devices; None for ``"none"`` or when there is only one device (the same as none).
+
+    The CPU logical devices are one unless the process split its CPU with
+    ``tf.config.set_logical_device_configuration`` before TensorFlow started (as the tests do).
+    """
+    if distribute not in DISTRIBUTE_CHOICES:
+        raise ConfigError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {distribute!r}")
+    if distribute == "none":
+        return None
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        return None
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
+def check_replicas(replicas: int, batch_size: int, train_count: int) -> None:
+    """Refuse a batch size or a training set that cannot give every replica a share of every batch.
+
+    Keras reads the first batch of each replica when it starts fitting and needs them equal, and a
+    replica with an empty share fails; so the batch size must be a multiple of the replicas (each
+    takes ``batch_size / replicas`` images), and there must be at least as many images as replicas.
+    """
+    if replicas < 2:
+        return
+    if batch_size % replicas:
+        raise ConfigError(
+            f"--distribute mirrored over {replicas} replicas: --batch-size {batch_size} is not a multiple of "
+            f"{replicas} (the batch is split evenly across the replicas); use e.g. --batch-size {replicas}"
+        )
+    if train_count < replicas:
+        raise ConfigError(
+            f"--distribute mirrored over {replicas} replicas: only {train_count} training images; "
+            "each replica needs at least one"
+        )
+
+
+def set_synchronized_batch_norm(model: keras.Model, synchronized: bool) -> None:
+    """Batch statistics over the global batch (all replicas) or each replica's share.
+
+    Synchronised when distributed, so that a mirrored training normalises with the statistics of the
+    same ``batch_size`` images as an undistributed one (the replicas' losses then match it to float
+    rounding); set on a loaded backup too, whose flag is that of the training that saved it.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized
 
 
 def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Model:
@@ -84,6 +200,7 @@ def training_dataset(
     first_epoch: int = 0,
     available: np.ndarray | None = None,
     binary: bool = True,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """The batches of epochs ``first_epoch .. epochs - 1``, shuffled and augmented.
 
@@ -96,8 +213,14 @@ def training_dataset(
     ``(N, heads)`` then says which experts annotated each image, and is appended to the targets as
     constant channels after augmentation (see ``MultiHeadLoss``). Soft targets (``binary=False``)
     are warped without re-binarising.
+
+    With ``replicas > 1`` (a mirrored training, ``batch_size`` a multiple of them) each epoch leaves
+    out the last ``N mod replicas`` images of its order, so that every batch splits evenly across the
+    replicas (a replica with fewer or no images fails in Keras 3); the order is drawn anew each epoch,
+    so a different few images wait each time. See :func:`epoch_images`.
     """
     count = len(images)
+    used = epoch_images(count, replicas)
     images_t, masks_t = tf.constant(images), tf.constant(masks)
     available_t = None if available is None else tf.constant(available, tf.float32)
     augment = augmentation is not None and not augmentation.is_identity
@@ -119,12 +242,17 @@ def training_dataset(
         )
         positions = epoch * count + tf.range(count, dtype=tf.int64)
         return (
-            tf.data.Dataset.from_tensor_slices((order, positions))
+            tf.data.Dataset.from_tensor_slices((order[:used], positions[:used]))
             .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size)
         )
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_images(count: int, replicas: int = 1) -> int:
+    """Images trained on per epoch: all ``count``, or with several replicas a multiple of them."""
+    return count - count % replicas if replicas > 1 else count
 
 
 def with_availability(masks: np.ndarray, available: np.ndarray | None) -> np.ndarray:
@@ -135,8 +263,27 @@ def with_availability(masks: np.ndarray, available: np.ndarray | None) -> np.nda
     return np.concatenate([masks, flags], axis=-1)
 
 
-def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, replicas: int = 1) -> tf.data.Dataset:
+    """The validation batches; with ``replicas > 1`` padded to split evenly, without changing the loss.
+
+    Every validation case counts, since the validation loss chooses the kept epoch. A mirrored
+    evaluation needs every batch to split evenly across the replicas (see ``training_dataset``), so
+    the cases are padded to a multiple of the replicas with copies of the first, of sample weight 0.
+    Keras averages a batch's loss over all its samples, padding included, and the batches' losses
+    weighted by their sizes; giving the real cases the weight ``padded / real`` instead of 1 makes
+    that average the mean over the real cases exactly. Weighted metrics ignore the uniform factor.
+    """
+    count = len(images)
+    padding = (-count) % replicas if replicas > 1 else 0
+    if not padding:
+        return tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    take = np.arange(count + padding) % count
+    weights = np.where(np.arange(count + padding) < count, (count + padding) / count, 0.0).astype(np.float32)
+    return (
+        tf.data.Dataset.from_tensor_slices((images[take], masks[take], weights))
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -260,14 +407,19 @@ class TrainedExpert:
 
 
 def compile_for(model: keras.Model, settings: Settings) -> None:
-    """Adam with the strategy's loss: ``--loss`` per network or per head; BCE on the mean mask for soft-label."""
+    """Adam with the strategy's loss: ``--loss`` per network or per head; for soft-label the
+    squared-denominator Dice on the mean mask (``SoftLabelLoss``)."""
     if settings.strategy == "multi-head":
         loss, metrics = MultiHeadLoss(settings.loss), [multi_head_dice]
     elif settings.strategy == "soft-label":
-        loss, metrics = SoftLabelBCELoss(), [dice_coefficient]
+        loss, metrics = SoftLabelLoss(), [dice_coefficient]
     else:
         loss, metrics = make_loss(settings.loss), [dice_coefficient]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate), loss=loss, metrics=metrics)
+    # A weighted metric gets the sample weights, as the loss does: only the padded validation batches of a
+    # mirrored training have any (evaluation_dataset), and without them it is the plain mean, same name.
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate), loss=loss, weighted_metrics=metrics
+    )
 
 
 def network_label(expert: int | str) -> str:
@@ -286,11 +438,18 @@ def train_expert(
     tensorboard_dir: Path | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     available: tuple[np.ndarray, np.ndarray | None] | None = None,
+    distribute: str = "none",
 ) -> TrainedExpert:
     """Train one network on one expert's masks; keep the weights with the best validation loss.
 
     If ``out_dir`` holds a backup of an interrupted training, it continues from the backup's epoch
     with the saved weights, optimiser state and learning rate.
+
+    With ``settings.mixed_precision`` the network is built (or its backup loaded) and trained under
+    :func:`precision_policy`'s dtype policy, which is restored afterwards. With ``distribute``
+    ``"mirrored"`` it is built and trained under :func:`distribution_strategy` (one replica per local
+    GPU or CPU logical device): ``settings.batch_size`` is the global batch, split evenly across the
+    replicas (:func:`check_replicas`), with batch normalisation over the whole batch.
 
     Args:
         expert: the expert's number, or a name for a network that learns from all experts (for names only).
@@ -307,10 +466,66 @@ def train_expert(
         checkpoint_seconds: least time between two checkpoints (model and backup); 0: every epoch.
         available: multi-head only: which experts annotated each training and validation image,
             ``(N, K)`` 0/1 arrays.
+        distribute: ``"none"`` or ``"mirrored"``: a runtime choice, not a setting. When the training
+            images are a multiple of the replicas it changes the losses by float rounding only (see
+            :func:`set_synchronized_batch_norm`); otherwise each epoch leaves out the remainder
+            (:func:`training_dataset`).
+
+    Raises:
+        ConfigError: for ``"mirrored"`` with a batch size that is not a multiple of the replicas.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
     label = network_label(expert)
+    strategy = distribution_strategy(distribute)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if distribute != "none":
+        log(
+            f"{label}: --distribute {distribute}: {replicas} replica(s)"
+            + (f", {settings.batch_size // replicas} image(s) of each batch per replica" if replicas > 1 else "")
+            + (" (one device: the same as --distribute none)" if replicas == 1 else "")
+        )
+    check_replicas(replicas, settings.batch_size, len(train[0]))
+    policy = precision_policy(settings, log)
+    if policy != "float32":
+        log(f"{label}: mixed precision: Keras dtype policy {policy}")
+    with dtype_policy(policy):
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            result = _train(
+                label,
+                expert,
+                train,
+                validation,
+                settings,
+                out_dir,
+                seed,
+                verbose,
+                log,
+                tensorboard_dir,
+                checkpoint_seconds,
+                available,
+                replicas,
+            )
+        keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
+    return result
+
+
+def _train(
+    label: str,
+    expert: int | str,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    settings: Settings,
+    out_dir: Path,
+    seed: int,
+    verbose: int,
+    log: Callable[[str], None],
+    tensorboard_dir: Path | None,
+    checkpoint_seconds: float,
+    available: tuple[np.ndarray, np.ndarray | None] | None,
+    replicas: int,
+) -> TrainedExpert:
+    """:func:`train_expert` once its dtype policy and distribution strategy are in place."""
+    seed_everything(seed)
     train_available, validation_available = available if available is not None else (None, None)
     soft = settings.strategy == "soft-label"
     monitor = "val_loss" if validation is not None else "loss"
@@ -324,6 +539,7 @@ def train_expert(
     else:
         model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
         compile_for(model, settings)
+    set_synchronized_batch_norm(model, replicas > 1)
     parameters = model.count_params()
     rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
     recorder = EpochRecorder(
@@ -353,15 +569,19 @@ def train_expert(
             first_epoch=first_epoch,
             available=train_available,
             binary=not soft,
+            replicas=replicas,
         )
         model.fit(
             stream,
-            steps_per_epoch=math.ceil(len(train[0]) / settings.batch_size),
+            steps_per_epoch=math.ceil(epoch_images(len(train[0]), replicas) / settings.batch_size),
             epochs=settings.epochs,
             initial_epoch=first_epoch,
             validation_data=(
                 evaluation_dataset(
-                    validation[0], with_availability(validation[1], validation_available), settings.batch_size
+                    validation[0],
+                    with_availability(validation[1], validation_available),
+                    settings.batch_size,
+                    replicas,
                 )
                 if validation is not None
                 else None
@@ -373,7 +593,6 @@ def train_expert(
     seconds = time.perf_counter() - start
     losses = [float(row[monitor]) for row in recorder.rows]
     best_index = int(np.argmin(losses))
-    keras.backend.clear_session()
     return TrainedExpert(
         expert,
         out_dir / MODEL_FILE,
@@ -396,8 +615,15 @@ def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> Non
 
 
 def predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Sigmoid maps ``(N, S, S, K)`` of a saved model (K outputs) for images on the network's grid."""
-    model = keras.saving.load_model(model_path)
+    """Sigmoid maps ``(N, S, S, K)`` of a saved model (K outputs) for images on the network's grid.
+
+    The model is loaded without its optimiser (``compile=False``): prediction needs none, and a
+    mixed_float16 model's loss-scale optimiser would otherwise be rebuilt, and warned about, under the
+    global float32 policy. Each saved layer keeps the dtype policy it was trained with, so a network
+    trained with mixed precision predicts in it, with no global state to set; its maps are float32.
+    Prediction is not distributed.
+    """
+    model = keras.saving.load_model(model_path, compile=False)
     maps = model.predict(images, batch_size=batch_size, verbose=0)
     keras.backend.clear_session()
     return maps

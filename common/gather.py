@@ -1,0 +1,506 @@
+"""One run split into jobs: each job trains some experts into one shared run folder; gathering scores them.
+
+Every expert's network is trained independently of the others (its own seed, its own cases), so the
+networks of one run can be trained by separate processes, on separate machines: e.g. a job array with
+one expert per job, all writing into the same run folder::
+
+    python Kidney.py --out RUN --experts 1 --train-only      # job 1 (any of the usual options)
+    python Kidney.py --out RUN --experts 2 --train-only      # job 2, the same options
+    python Kidney.py --out RUN --experts 3 --train-only      # job 3
+    python -m common.gather RUN                              # once all have finished (or Kidney.py --gather RUN)
+
+A job (:func:`common.pipeline.run_task` with ``train_only``) creates the run folder, or joins it when
+its ``config.json`` was written by another job of the same run: the jobs must agree on everything that
+defines the run (dataset, task, seed, settings, data root, split, the planned ensemble, test
+predictions), otherwise the job is refused before it writes anything. The planned ensemble is every
+expert of the dataset; ``--experts`` picks the ones a job trains. ``config.json`` is created with an
+exclusive link (or ``O_EXCL``), so two jobs starting at once never overwrite each other's. A job
+writes only its experts' files (``experts/segEE/``, ``predictions/<dataset>/<case>/experts/taskTT_segEE``)
+and its own log (``jobs/segEE.log``); an expert that already has ``result.json`` and all its maps is
+left alone, and one interrupted mid-training continues from its backup, as with ``--resume``.
+
+Gathering (:func:`gather_run`) imports no TensorFlow and recomputes nothing: it checks that every
+planned expert is finished, averages the saved per-expert maps into the ensemble's maps, scores them
+with the code a one-process run uses (:func:`common.pipeline.report_run`), and writes what such a run
+writes: ``results.json`` (with the uncertainty metrics), ``dice_matrix.csv``, the ensemble maps, the
+plots, and the table in ``run.log`` (after the jobs' logs).
+
+Only the ``per-expert`` strategy splits into jobs: ``multi-head`` and ``soft-label`` train one network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from common.data import Case, DataError, discover_cases, load_case
+from common.ensemble import MapAverager
+from common.pipeline import (
+    EXPERTS_FOLDER,
+    PREDICTIONS_FOLDER,
+    RESULT_FILE,
+    RESUME_KEYS,
+    expert_name,
+    prepare_case,
+    report_run,
+)
+from common.predictions import prediction_path, read_prediction, write_prediction
+from common.reporting import RunLog
+from common.spec import ConfigError, DatasetSpec, Settings
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+JOBS_FOLDER = "jobs"
+#: The training log of each expert (``common.training.LOG_FILE``; not imported: it would import TensorFlow).
+TRAINING_LOG = "training_log.csv"
+MODEL_FILE = "model.keras"
+#: config.json entries on which all jobs of one run must agree.
+JOB_KEYS = (*RESUME_KEYS, "jobs", "predict_test")
+#: What a run folder may hold when a job joins it; anything else means --out names some other folder.
+RUN_ENTRIES = {
+    CONFIG_FILE,
+    RESULTS_FILE,
+    "dice_matrix.csv",
+    "run.log",
+    JOBS_FOLDER,
+    EXPERTS_FOLDER,
+    PREDICTIONS_FOLDER,
+    "plots",
+    "tensorboard",
+    "splits.json",  # a cross-validation folder joined by fold jobs (common.crossval)
+    "cv_results.json",
+}
+
+
+def _is_run_entry(name: str) -> bool:
+    return name in RUN_ENTRIES or name.startswith(".") or (name.startswith("fold") and name[4:].isdigit())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job side (called by run_task with train_only)
+
+
+def check_job_options(settings: Settings, out: Path | None, resume: bool) -> None:
+    """Refuse what cannot be split into jobs, before any work."""
+    if settings.strategy != "per-expert":
+        raise ConfigError(
+            f"--train-only splits a run into one job per expert network; strategy {settings.strategy} trains "
+            "a single network, so run it in one process (without --train-only)"
+        )
+    if out is None:
+        raise ConfigError("--train-only needs --out RUN: the run folder that all jobs of the run share")
+    if resume:
+        raise ConfigError(
+            "--train-only and --resume: rerun the job's own command (--out RUN --experts ... --train-only) to "
+            "continue it; it picks up its experts' backups"
+        )
+
+
+def differences(saved: dict, config: dict, keys: tuple[str, ...]) -> list[str]:
+    """``key: run has X, now Y`` for each differing key, naming the differing entries of a dict value."""
+    found = []
+    for key in keys:
+        old, new = saved.get(key), config.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new)):
+                if old.get(sub) != new.get(sub):
+                    found.append(f"{key}.{sub}: run has {old.get(sub)!r}, now {new.get(sub)!r}")
+        else:
+            found.append(f"{key}: run has {old!r}, now {new!r}")
+    return found
+
+
+def check_same_run(saved: dict, config: dict, run_dir: Path) -> None:
+    """Refuse to join a run folder made by a one-process run or by a job with another configuration."""
+    if saved.get("jobs") is not True:
+        raise ConfigError(
+            f"--train-only: {run_dir} is a one-process run folder (made without --train-only); "
+            f"continue it with --resume {run_dir}, or give the jobs another --out"
+        )
+    differing = differences(saved, config, JOB_KEYS)
+    if differing:
+        raise ConfigError(
+            f"--train-only: {run_dir} was made by a job with another configuration ({'; '.join(differing)}); "
+            "all jobs of a run take the same options apart from --experts"
+        )
+
+
+def read_config(run_dir: Path, what: str = "--train-only", name: str = CONFIG_FILE) -> dict:
+    """A run folder's ``config.json`` (retried briefly: without hard links it is written in place)."""
+    path = Path(run_dir) / name
+    for attempt in range(20):
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            if attempt == 19:
+                raise ConfigError(f"{what}: unreadable {path} ({error})") from error
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def open_job_dir(out: Path, config: dict) -> Path:
+    """Create the run folder, or join it: its ``config.json`` (if any) must be this run's.
+
+    Nothing is written before the check, so a refused job leaves the folder as it was.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a run folder")
+    if (out / CONFIG_FILE).is_file():
+        check_same_run(read_config(out), config, out)
+    elif out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not _is_run_entry(p.name))
+        if foreign:
+            raise FileExistsError(
+                f"output folder {out} exists and holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                "which no run writes: not a run folder; choose another --out (nothing is overwritten)"
+            )
+    try:
+        (out / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # jobs probe at once
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to output folder {out}: {error.strerror or error}") from error
+    return out
+
+
+def job_log_path(run_dir: Path, experts: list[int]) -> Path:
+    """The job's own plain-text log, ``jobs/seg01-seg02.log``: jobs never append to a shared file."""
+    return Path(run_dir) / JOBS_FOLDER / ("-".join(expert_name(e) for e in experts) + ".log")
+
+
+def claim_file(path: Path, data: dict) -> dict | None:
+    """Write ``data`` as JSON to ``path`` unless the file exists; return what it holds if it does.
+
+    The file is written whole to a temporary name and hard-linked to ``path``: the link fails if the
+    name exists, so of two jobs starting at once exactly one writes it, and no reader sees half a file.
+    Where hard links are not supported, an exclusive create (``O_EXCL``) takes its place.
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        try:
+            os.link(tmp, path)
+            return None
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            try:
+                with open(path, "x") as handle:
+                    handle.write(text)
+                return None
+            except FileExistsError:
+                pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_config(path.parent, name=path.name)
+
+
+def claim_config(run_dir: Path, config: dict) -> None:
+    """Write ``config.json`` unless a job of the run has (:func:`claim_file`); if one has, it must hold
+    the same run."""
+    saved = claim_file(Path(run_dir) / CONFIG_FILE, config)
+    if saved is not None:
+        check_same_run(saved, config, Path(run_dir))
+
+
+def expert_map_paths(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> list[Path]:
+    return [prediction_path(Path(run_dir) / PREDICTIONS_FOLDER, dataset, c, task, expert) for c in case_ids]
+
+
+def expert_complete(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> bool:
+    """Whether ``expert`` is trained (``result.json``) and all its maps of ``case_ids`` are written."""
+    folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
+    if not (folder / RESULT_FILE).is_file():
+        return False
+    return all(p.is_file() for p in expert_map_paths(run_dir, dataset, task, expert, case_ids))
+
+
+def missing_parts(run_dir: Path, dataset: str, task: int, experts: list[int], case_ids: list[str]) -> dict[int, str]:
+    """Expert -> what it still lacks (``result.json``, maps), for the experts not finished."""
+    missing = {}
+    for expert in experts:
+        folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
+        maps = [p for p in expert_map_paths(run_dir, dataset, task, expert, case_ids) if not p.is_file()]
+        if not (folder / RESULT_FILE).is_file():
+            state = "interrupted, a backup is there" if (folder / "backup.json").is_file() else "not trained"
+            missing[expert] = f"no {folder / RESULT_FILE} ({state}, or still training)"
+        elif maps:
+            missing[expert] = f"trained, but {len(maps)} of {len(case_ids)} maps are missing, e.g. {maps[0]}"
+    return missing
+
+
+def ready_to_gather(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was made by jobs whose planned experts are all finished (and not yet gathered)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or (run_dir / RESULTS_FILE).is_file():
+        return False
+    config = read_config(run_dir)
+    split = config.get("split")
+    if config.get("jobs") is not True or not split or config.get("predict_test"):
+        return False
+    cases = list(split["held_out"]) + list(split.get("validation", []))
+    return not missing_parts(run_dir, config["dataset"]["name"], config["task"], config["experts"], cases)
+
+
+def job_command(config: dict, run_dir: Path, experts: list[int]) -> str:
+    """The command of a job that trains ``experts``: the first job's command with another ``--experts``."""
+    command = config.get("command")
+    numbers = ",".join(map(str, experts))
+    if not command:
+        return f"<the run's script> --out {shlex.quote(str(run_dir))} --train-only --experts {numbers} (same options)"
+    kept, skip = [], False
+    for word in command[1:]:
+        if skip:
+            skip = False
+        elif word == "--experts":
+            skip = True
+        elif not word.startswith("--experts="):
+            kept.append(word)
+    return shlex.join(["python", command[0], *kept, "--experts", numbers])
+
+
+def gather_command(run_dir: Path) -> str:
+    return f"python -m common.gather {shlex.quote(str(run_dir))}"
+
+
+def finish_job(
+    run_dir: Path,
+    spec: DatasetSpec,
+    task: int,
+    planned: list[int],
+    experts: list[int],
+    case_ids: list[str],
+    runlog: Callable[[str], None],
+) -> dict:
+    """Say what the job did, which of the run's experts are still to come, and how to gather."""
+    missing = missing_parts(run_dir, spec.name, task, planned, case_ids)
+    finished = [expert_name(e) for e in planned if e not in missing]
+    runlog(
+        f"job done ({', '.join(expert_name(e) for e in experts)}): {len(finished)} of {len(planned)} planned "
+        f"experts of {run_dir} finished"
+        + (f", not yet: {', '.join(expert_name(e) for e in missing)}" if missing else "")
+    )
+    command = gather_command(run_dir)
+    runlog(f"{'gather now' if not missing else 'once every job has finished, gather'} with: {command}")
+    return {
+        "run_dir": str(run_dir),
+        "trained": [expert_name(e) for e in experts],
+        "finished": finished,
+        "missing": [expert_name(e) for e in missing],
+        "gather": command,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gathering
+
+
+def spec_from_config(config: dict) -> DatasetSpec:
+    """The dataset description saved in ``config.json`` (JSON lists back to tuples)."""
+    values = dict(config["dataset"])
+    values["image_shape"] = tuple(values["image_shape"])
+    values["task_names"] = tuple(values.get("task_names") or ())
+    return DatasetSpec(**values)
+
+
+def _cases_by_id(data_root: Path, dataset: str, splits: tuple[str, ...]) -> dict[str, Case]:
+    found: dict[str, Case] = {}
+    for split in splits:
+        try:
+            found.update({c.case_id: c for c in discover_cases(data_root, dataset, split)})
+        except DataError:
+            if split == "train":
+                raise
+    return found
+
+
+def gather_run(
+    run_dir: Path,
+    *,
+    spec: DatasetSpec | None = None,
+    data_root: Path | None = None,
+    plots: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Average, score and report the saved per-expert maps of a run trained as jobs; no TensorFlow.
+
+    Args:
+        run_dir: the run folder the jobs wrote (or any per-expert run folder with its ``config.json``,
+            ``split`` included, and every expert's ``result.json`` and maps).
+        spec: the dataset (a script's ``DATASET``); must be the run's. Default: from ``config.json``.
+        data_root: where the masks are (default: the run's data root, from ``config.json``).
+        plots: write the PNG plots (from the saved maps and training logs).
+
+    Returns the results, as a one-process run's (also in ``results.json``). A folder already gathered
+    (holding ``results.json``) is left as it is and its results returned.
+
+    Raises:
+        ConfigError: not a run folder; a strategy of one network; an expert not finished (the message
+            lists each, with what it lacks and the job command to run).
+        DataError: the data root or a map cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"--gather {run_dir}: not a run folder (no {CONFIG_FILE} there)")
+    config = read_config(run_dir, f"--gather {run_dir}")
+    try:
+        saved_spec = spec_from_config(config)
+        settings = Settings.from_dict(config["settings"])
+        task, planned = int(config["task"]), [int(e) for e in config["experts"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"--gather {run_dir}: unreadable {CONFIG_FILE} ({error!r})") from error
+    if spec is not None and spec.name != saved_spec.name:
+        raise ConfigError(
+            f"--gather {run_dir}: the run is of dataset {saved_spec.name}, not {spec.name}; "
+            f"gather it with that dataset's script or {gather_command(run_dir)}"
+        )
+    spec = spec or saved_spec
+    if settings.strategy != "per-expert":
+        raise ConfigError(
+            f"--gather {run_dir}: strategy {settings.strategy} trains one network, not one job per expert; "
+            f"finish it with --resume {run_dir}"
+        )
+    if (run_dir / RESULTS_FILE).is_file():
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        log(f"{run_dir} already holds {RESULTS_FILE} (QUBIQ {results['score']:.4f}): nothing to gather")
+        return results
+    split = config.get("split")
+    if not split or not split.get("held_out"):
+        raise ConfigError(
+            f"--gather {run_dir}: {CONFIG_FILE} has no split (no job has got as far as loading the data); "
+            f"run the jobs first: {job_command(config, run_dir, planned)}"
+        )
+    data_root = Path(data_root if data_root is not None else config["data_root"])
+    held_out, validation = list(split["held_out"]), list(split.get("validation", []))
+    by_id = _cases_by_id(data_root, spec.name, ("train", "validation"))
+    test_cases = _cases_by_id(data_root, spec.name, ("test",)) if config.get("predict_test") else {}
+    test = list(test_cases)
+    predicted = held_out + validation + test
+
+    missing = missing_parts(run_dir, spec.name, task, planned, predicted)
+    if missing:
+        lines = [f"  {expert_name(e)}: {what}" for e, what in missing.items()]
+        raise ConfigError(
+            f"--gather {run_dir}: {len(missing)} of {len(planned)} planned experts not finished:\n"
+            + "\n".join(lines)
+            + f"\nrun (or wait for) the job(s), then gather again:\n  {job_command(config, run_dir, list(missing))}"
+        )
+    unknown = [c for c in held_out + validation if c not in by_id]
+    if unknown:
+        raise DataError(f"--gather {run_dir}: case(s) {', '.join(unknown)} of the run's split are not in {data_root}")
+
+    scored = []
+    for case_id in held_out:
+        case = prepare_case(load_case(by_id[case_id], spec, task), settings, keep_original=True)
+        if case.original_masks is None:
+            raise DataError(f"held-out case {case_id} has no mask for task {task}: cannot score it")
+        scored.append(case)
+
+    predictions_root = run_dir / PREDICTIONS_FOLDER
+    averager = MapAverager()
+    held_maps: dict[str, dict[str, np.ndarray]] = {}
+    held = set(held_out)
+    for expert in planned:
+        name = expert_name(expert)
+        held_maps[name] = {}
+        for case_id in predicted:
+            probability = read_prediction(prediction_path(predictions_root, spec.name, case_id, task, expert))
+            try:
+                averager.add(case_id, probability)
+            except ValueError as error:
+                raise DataError(f"--gather {run_dir}: {name}'s map of {error}") from error
+            if case_id in held:
+                held_maps[name][case_id] = probability
+    ensemble_all = averager.mean()
+
+    runlog = RunLog(run_dir / "run.log", echo=log)
+    with (run_dir / "run.log").open("a") as handle:  # the jobs' logs first, as in a one-process run.log
+        for job_log in sorted((run_dir / JOBS_FOLDER).glob("*.log")):
+            handle.write(job_log.read_text())
+    runlog(
+        f"{spec.title}, task {task} ({spec.task_name(task)}): gathered the saved maps of {len(planned)} expert "
+        f"network(s) in {run_dir} (no network was run)"
+    )
+    for case_id in predicted:
+        case = by_id.get(case_id) or test_cases[case_id]
+        try:
+            write_prediction(
+                prediction_path(predictions_root, spec.name, case_id, task),
+                ensemble_all[case_id],
+                nib.load(str(case.image_path)),
+            )
+        except ValueError as error:
+            raise DataError(str(error)) from error
+
+    networks = {}
+    for expert in planned:
+        folder = run_dir / EXPERTS_FOLDER / expert_name(expert)
+        saved = json.loads((folder / RESULT_FILE).read_text())
+        networks[expert_name(expert)] = {
+            **{k: v for k, v in saved.items() if k != "expert"},
+            "model_path": str(folder / MODEL_FILE),
+        }
+    return report_run(
+        run_dir,
+        spec,
+        settings,
+        task,
+        scored,
+        {case_id: ensemble_all[case_id] for case_id in held_out},
+        held_maps,
+        networks,
+        {"folder": str(predictions_root), "held_out": held_out, "validation": validation, "test": test},
+        sum(float(n.get("seconds", 0.0)) for n in networks.values()),
+        runlog,
+        {name: run_dir / EXPERTS_FOLDER / name / TRAINING_LOG for name in networks} if plots else None,
+        {"gathered": True},
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.gather",
+        description="Score a run whose experts were trained as separate jobs (--train-only): average the "
+        "saved per-expert maps, score them, and write what a one-process run writes. Imports no TensorFlow.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder the jobs wrote (--out RUN)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="where the masks are (default: the run's data root, from its config.json)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Gather, or exit with status 2 and the reason."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        gather_run(args.run_dir, data_root=args.data_root, plots=not args.no_plots)
+    except (ConfigError, DataError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
