@@ -1,0 +1,123 @@
+"""The benchmark script's logic (bench/benchmark.py): no training, no timing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench import benchmark as bm
+
+
+def test_flops_of_one_conv_by_hand():
+    import keras
+
+    inputs = keras.Input((4, 4, 1))
+    same = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+    model = keras.Model(inputs, same)
+    # 4 x 4 output pixels x 2 output channels x (3 x 3 kernel x 1 input channel) = 288 MACs
+    counted = bm.count_flops(model)
+    assert counted["macs"] == 4 * 4 * 2 * 3 * 3 * 1 == 288
+    assert counted["forward_flops"] == 576
+    assert counted["uncounted"] == []
+
+    valid = keras.layers.Conv2D(2, 3, padding="valid")(inputs)
+    assert bm.count_flops(keras.Model(inputs, valid))["macs"] == 2 * 2 * 2 * 9  # 2 x 2 output pixels
+
+
+def test_flops_of_transposed_conv_convlstm_and_dense_by_hand():
+    import keras
+
+    image = keras.Input((4, 4, 1))
+    # every one of the 4 x 4 input pixels scatters a 3 x 3 x (1 -> 2) kernel: 16 * 18 = 288 MACs
+    up = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same")(image)
+    assert bm.count_flops(keras.Model(image, up))["macs"] == 16 * 9 * 2
+
+    sequence = keras.Input((2, 4, 4, 1))
+    lstm = keras.layers.ConvLSTM2D(1, 3, padding="same")(sequence)
+    # per step: input conv 4*4 px * 4 gates * 9 * 1 input channel + recurrent conv 4*4 * 4 * 9 * 1 unit; 2 steps
+    assert bm.count_flops(keras.Model(sequence, lstm))["macs"] == 2 * (16 * 4 * 9 + 16 * 4 * 9)
+
+    vector = keras.Input((5,))
+    dense = keras.layers.Dense(3)(vector)
+    assert bm.count_flops(keras.Model(vector, dense))["macs"] == 15
+
+
+def test_summary_median_spread_and_ratio():
+    s = bm.summarise([3.0, 1.0, 2.0, float("nan"), None])
+    assert s == {"n": 3, "median": 2.0, "min": 1.0, "max": 3.0, "spread": 2.0, "relative_spread": 1.0}
+    assert bm.summarise([1.0, 2.0, 3.0, 4.0])["median"] == 2.5
+    assert bm.summarise([])["median"] is None
+    assert bm.ratio(6.0, 2.0) == 3.0
+    assert bm.ratio(None, 2.0) is None and bm.ratio(1.0, 0.0) is None
+
+
+def test_interleaved_order_is_round_robin():
+    order = bm.interleaved_order(["a", "b", "c"], 3)
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c"), (2, "a"), (2, "b"), (2, "c")]
+    assert all(x[1] != y[1] for x, y in zip(order, order[1:], strict=False))  # never one variant twice in a row
+
+
+def test_learning_rate_scaling_and_batch_accounting():
+    assert bm.scaled_learning_rate(8, "sqrt", (2, 1e-3)) == pytest.approx(2e-3)
+    assert bm.scaled_learning_rate(8, "linear", (2, 1e-3)) == pytest.approx(4e-3)
+    with pytest.raises(ValueError):
+        bm.scaled_learning_rate(8, "cubic")
+    assert bm.batch_sizes(5, 2, 5) == [2, 2, 1, 2, 2]
+    # 3 steps, the first excluded: 2 + 1 images in 2 seconds
+    assert bm.segment_throughput([0.0, 1.0, 2.0], [2, 2, 1]) == pytest.approx(1.5)
+    assert bm.segment_throughput([1.0], [2]) is None
+
+
+def test_study_augmentation_keeps_image_and_mask_aligned_and_binary():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((32, 32, 1), np.float32)
+    mask[6:20, 9:25] = 1
+    mask[22:28, 4:8] = 1
+    image = np.concatenate([mask, 1 - mask], axis=-1)  # two channels that are the mask and its complement
+    changed = 0
+    for _ in range(20):
+        warped_image, warped_mask = bm.study_augment(image, mask, rng, rotation=10, shift=0.1, flip=True)
+        assert warped_image.shape == image.shape and warped_mask.shape == mask.shape
+        assert set(np.unique(warped_mask)) <= {0.0, 1.0}
+        # the same transform: the image's mask channel, thresholded, is the warped mask
+        assert np.array_equal(warped_image[..., 0] >= 0.5, warped_mask[..., 0] == 1)
+        changed += not np.array_equal(warped_mask, mask)
+    assert changed >= 15
+
+
+def test_study_flip_only_mirrors_and_generator_batches():
+    rng = np.random.default_rng(1)
+    image = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    mask = (image > 7).astype(np.float32)
+    seen = set()
+    for _ in range(20):
+        out, _ = bm.study_augment(image, mask, rng, rotation=0, shift=0, flip=True)
+        assert np.allclose(out, image) or np.allclose(out, image[:, ::-1])
+        seen.add(bool(np.allclose(out, image)))
+    assert seen == {True, False}
+    stream = bm.study_generator(np.stack([image] * 5), np.stack([mask] * 5), 2, seed=0)
+    assert [next(stream)[0].shape[0] for _ in range(4)] == [2, 2, 1, 2]
+
+
+def test_rotation_matrix_rotates_about_the_centre():
+    matrix, offset = bm.rotation_shift_flip_matrix(math.pi / 2, 0.0, 0.0, (5, 5))
+    centre = np.array([2.0, 2.0])
+    assert np.allclose(matrix @ centre + offset, centre)
+    matrix, offset = bm.rotation_shift_flip_matrix(0.0, 1.0, 2.0, (5, 5))
+    assert np.allclose(matrix @ np.array([3.0, 4.0]) + offset, [2.0, 2.0])  # output (3, 4) reads input (2, 2)
+
+
+def test_results_paths_never_reuse_a_name(tmp_path):
+    md, js = bm.results_paths(tmp_path, "my host/1", "20260101T000000Z")
+    assert md.name == "my-host-1-20260101T000000Z.md" and js.suffix == ".json"
+    md.write_text("x")
+    md2, js2 = bm.results_paths(tmp_path, "my host/1", "20260101T000000Z")
+    assert md2.name == "my-host-1-20260101T000000Z-2.md" and js2.name == "my-host-1-20260101T000000Z-2.json"
+
+
+def test_sections_and_aliases():
+    assert bm.parse_sections(["baseline,input", "tuned"]) == {"tuning", "input"}
+    with pytest.raises(Exception, match="unknown section"):
+        bm.parse_sections(["nope"])
