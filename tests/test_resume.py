@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 25
+EPOCHS = 12
 
 
 def kidney(*args, cwd):
