@@ -53,6 +53,7 @@ from common.pipeline import (
     expert_name,
     prepare_case,
     report_run,
+    settings_record,
 )
 from common.predictions import prediction_path, read_prediction, write_prediction
 from common.reporting import RunLog
@@ -129,6 +130,9 @@ def check_same_run(saved: dict, config: dict, run_dir: Path) -> None:
             f"--train-only: {run_dir} is a one-process run folder (made without --train-only); "
             f"continue it with --resume {run_dir}, or give the jobs another --out"
         )
+    # as --resume compares: settings added since the folder was written count at their defaults
+    saved = {**saved, "settings": settings_record(saved.get("settings"))}
+    config = {**config, "settings": settings_record(config.get("settings"))}
     differing = differences(saved, config, JOB_KEYS)
     if differing:
         raise ConfigError(

@@ -281,7 +281,7 @@ def open_run_dir(out: Path | None, spec: DatasetSpec, task: int, resume: bool) -
     return out
 
 
-def _settings_record(values: dict | None) -> dict | None:
+def settings_record(values: dict | None) -> dict | None:
     """Saved settings with the fields added since (``mixed_precision``) at their defaults, as in JSON.
 
     A run folder written before a field existed ran with its default, so it can still be resumed.
@@ -294,8 +294,8 @@ def _settings_record(values: dict | None) -> dict | None:
 
 def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
     """Refuse to resume a run folder made for another dataset, task or configuration."""
-    saved = {**saved, "settings": _settings_record(saved.get("settings"))}
-    config = {**config, "settings": _settings_record(config.get("settings"))}
+    saved = {**saved, "settings": settings_record(saved.get("settings"))}
+    config = {**config, "settings": settings_record(config.get("settings"))}
     differing = [key for key in RESUME_KEYS if saved.get(key) != config.get(key)]
     if differing:
         details = "; ".join(f"{key}: run has {saved.get(key)!r}, now {config.get(key)!r}" for key in differing)

@@ -366,3 +366,15 @@ def test_a_job_that_loses_the_race_writes_nothing(toy_root, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="seed: run has 99, now 3"):
         job(toy_root, run, [1])
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == ["config.json", "jobs"]
+
+
+def test_a_job_joins_a_folder_written_before_a_setting_existed(tmp_path):
+    """As --resume does: a setting added since (here mixed_precision) counts at its default."""
+    from common.gather import check_same_run
+
+    settings = TINY.to_dict()
+    config = {"jobs": True, "settings": settings}
+    old = {"jobs": True, "settings": {k: v for k, v in settings.items() if k != "mixed_precision"}}
+    check_same_run(old, config, tmp_path)  # no error
+    with pytest.raises(ConfigError, match="settings.epochs: run has"):
+        check_same_run({"jobs": True, "settings": {**old["settings"], "epochs": 99}}, config, tmp_path)
