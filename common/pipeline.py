@@ -499,7 +499,7 @@ def run_task(
                 f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
             )
         trained[job.name] = result
-        on_grid = training.predict(result.model_path, predicted_images, settings.batch_size)
+        on_grid = training.predict(result.model_path, predicted_images, settings.batch_size, settings, len(job.heads))
         for channel, expert in enumerate(job.heads):
             name = expert_name(expert) if expert is not None else None
             if name is not None:

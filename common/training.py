@@ -183,6 +183,76 @@ def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Mo
     )
 
 
+class NetworkPool:
+    """One built, compiled and traced network, handed from one training (and prediction) to the next.
+
+    Building a network takes a second; tracing its training, validation and prediction steps into
+    TensorFlow graphs (and optimising them) takes 15 to 45 s on a 2-core CPU, for every new network,
+    often as long as a demo network's whole training. The networks of a task's experts (and of its
+    cross-validation folds) differ only in their weights and data: same architecture, loss and
+    optimiser. So the pool keeps the last network and, for the next training with the same settings,
+    gives it the exact state a freshly built one would have: a fresh network is built under the same
+    seed and its variables (weights, batch-norm statistics, dropout seed states) are copied in, and
+    the optimiser state is put back to the one recorded right after it was built (Adam: step 0,
+    moments 0, the learning rate). Keras then reuses the traced steps, and the process holds one
+    network instead of one per expert. Anything else (other settings, input channels, outputs or
+    dtype policy) replaces the pooled network.
+
+    Not used for a distributed training (its variables belong to the strategy) or a resumed one
+    (the backup brings its own network and optimiser state). ``enabled = False`` builds every
+    network anew, as before (the benchmark's study-style baseline does).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.model: keras.Model | None = None
+        self.key: tuple | None = None
+        self._optimizer_state: list[np.ndarray] = []
+        self.reused = 0  # how many networks were served by resetting the pooled one
+
+    @staticmethod
+    def key_of(settings: Settings, channels: int, outputs: int, policy: str) -> tuple:
+        return (json.dumps(settings.to_dict(), sort_keys=True, default=str), channels, outputs, policy)
+
+    def network(self, settings: Settings, channels: int, outputs: int, policy: str) -> keras.Model:
+        """A compiled network as a fresh ``build_model`` + ``compile_for`` leaves it (call under the seed, policy)."""
+        key = self.key_of(settings, channels, outputs, policy)
+        if self.enabled and key != self.key:
+            self.release()
+        fresh = build_model(settings, channels=channels, outputs=outputs)
+        if self.enabled and self.model is not None:
+            for target, source in zip(self.model.variables, fresh.variables, strict=True):
+                if tuple(target.shape) != tuple(source.shape):  # pragma: no cover - same settings, same layers
+                    raise RuntimeError(f"pooled network mismatch: {target.path} {target.shape} vs {source.shape}")
+                target.assign(source)
+            for variable, value in zip(self.model.optimizer.variables, self._optimizer_state, strict=True):
+                variable.assign(value)
+            self.reused += 1
+            return self.model
+        compile_for(fresh, settings)
+        if self.enabled:
+            fresh.optimizer.build(fresh.trainable_variables)
+            self._optimizer_state = [keras.ops.convert_to_numpy(variable) for variable in fresh.optimizer.variables]
+            self.model, self.key = fresh, key
+        return fresh
+
+    def holds(self, settings: Settings, channels: int, outputs: int) -> bool:
+        """Whether the pooled network was built for these settings (and their dtype policy)."""
+        if not self.enabled or self.model is None:
+            return False
+        return self.key == self.key_of(settings, channels, outputs, precision_policy(settings, log=lambda _: None))
+
+    def release(self) -> None:
+        """Drop the pooled network and Keras's global state."""
+        if self.model is not None:
+            self.model, self.key, self._optimizer_state = None, None, []
+            keras.backend.clear_session()
+
+
+#: The process's pool (see :class:`NetworkPool`); ``NETWORKS.enabled = False`` switches reuse off.
+NETWORKS = NetworkPool()
+
+
 def augmentation_of(settings: Settings) -> Augmentation | None:
     """The random transform's ranges, or None when augmentation is switched off."""
     if not settings.augment:
@@ -505,7 +575,8 @@ def train_expert(
                 available,
                 replicas,
             )
-        keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
+        if not NETWORKS.holds(settings, train[0].shape[-1], train[1].shape[-1]):
+            keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
     return result
 
 
@@ -536,6 +607,8 @@ def _train(
         first_epoch, best = int(state["epoch"]), float(state["best"])
         model = keras.saving.load_model(backup_path)
         log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
+    elif replicas == 1:
+        model = NETWORKS.network(settings, train[0].shape[-1], train[1].shape[-1], keras.config.dtype_policy().name)
     else:
         model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
         compile_for(model, settings)
@@ -614,8 +687,14 @@ def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> Non
         (out_dir / name).unlink(missing_ok=True)
 
 
-def predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+def predict(
+    model_path: Path, images: np.ndarray, batch_size: int, settings: Settings | None = None, outputs: int = 1
+) -> np.ndarray:
     """Sigmoid maps ``(N, S, S, K)`` of a saved model (K outputs) for images on the network's grid.
+
+    With the ``settings`` (and ``outputs``) the model was trained with, and the pool holding a network
+    built for them (:class:`NetworkPool`), the saved weights are loaded into that network, whose
+    prediction step is already traced; otherwise the model is loaded from its file.
 
     The model is loaded without its optimiser (``compile=False``): prediction needs none, and a
     mixed_float16 model's loss-scale optimiser would otherwise be rebuilt, and warned about, under the
@@ -623,6 +702,9 @@ def predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray
     trained with mixed precision predicts in it, with no global state to set; its maps are float32.
     Prediction is not distributed.
     """
+    if settings is not None and NETWORKS.holds(settings, images.shape[-1], outputs):
+        NETWORKS.model.load_weights(model_path)
+        return NETWORKS.model.predict(images, batch_size=batch_size, verbose=0)
     model = keras.saving.load_model(model_path, compile=False)
     maps = model.predict(images, batch_size=batch_size, verbose=0)
     keras.backend.clear_session()
