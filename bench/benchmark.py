@@ -42,9 +42,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MARKER = "@@BENCH "
-SECTIONS = ("throughput", "input", "inference", "memory", "flops", "tuning", "score", "suite", "gpu")
+SECTIONS = ("throughput", "input", "inference", "memory", "flops", "tuning", "experts", "score", "suite", "gpu")
 ALIASES = {"baseline": "tuning", "tuned": "tuning"}
-DEFAULT_SECTIONS = ("throughput", "input", "inference", "memory", "flops", "tuning", "score")
+DEFAULT_SECTIONS = ("throughput", "input", "inference", "memory", "flops", "tuning", "experts", "score")
 SIZES = (128, 256, 512)
 BUILDERS = ("plain", "convlstm")
 #: Network presets (the kidney script's, whose dataset all training figures use): the CPU demo and the study.
@@ -827,7 +827,7 @@ def study_training_dataset(
 
 
 def worker_score(job: dict) -> dict:
-    """Section 7: run_task on the kidney task, tuned (as is) or study-style (generator input patched in)."""
+    """Section 8: run_task on the kidney task, tuned (as is) or study-style (generator input patched in)."""
     start_tensorflow()
     from common import training
     from common.pipeline import run_task
@@ -842,6 +842,17 @@ def worker_score(job: dict) -> dict:
             return study_training_dataset(*args, **kwargs)
 
         training.training_dataset = patched
+        training.NETWORKS.enabled = False  # the study's way: a new network (and its tracing) per expert
+    per_network: list[dict] = []
+    train_expert = training.train_expert
+
+    def recorded(*args, **kwargs):
+        t = time.perf_counter()
+        result = train_expert(*args, **kwargs)
+        per_network.append({"network": str(args[0]), "seconds": time.perf_counter() - t, "rss_mb_after": rss_now_mb()})
+        return result
+
+    training.train_expert = recorded
     lines: list[str] = []
     t0 = time.perf_counter()
     results = run_task(
@@ -869,12 +880,49 @@ def worker_score(job: dict) -> dict:
         "training_seconds": results["training_seconds"],
         "wall_seconds": wall,
         "generator_streams_used": streams,  # baseline: one entry (training images) per network trained
+        "per_network": per_network,  # training seconds and resident memory after each network, in order
+        "networks_reused": training.NETWORKS.reused,
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
+def worker_experts(job: dict) -> dict:
+    """Section 7: several networks trained one after another in one process, pooled or each built anew.
+
+    Each network: the kidney demo network on 12 training and 4 validation cases, ``job["epochs"]``
+    epochs, its own seed, through ``train_expert`` (first step's tracing included), then ``predict`` of
+    the 16 cases from its saved file; the seconds of each and the process's resident memory after it.
+    """
+    start_tensorflow()
+    from common import training
+
+    training.NETWORKS.enabled = job["pool"]
+    arrays = load_kidney(job["data_root"], 128)
+    images, masks = arrays["images"], arrays["masks"]
+    settings = kidney_module().DEMO.replace(epochs=job["epochs"], patience=0)
+    out = Path(job["out"])
+    rows = []
+    for number in range(1, job["networks"] + 1):
+        t0 = time.perf_counter()
+        result = training.train_expert(
+            number,
+            (images[:12], masks[:12]),
+            (images[12:], masks[12:]),
+            settings,
+            out / f"network{number}",
+            seed=number,
+            verbose=0,
+            log=lambda _: None,
+        )
+        t1 = time.perf_counter()
+        training.predict(result.model_path, images, settings.batch_size, settings)
+        t2 = time.perf_counter()
+        rows.append({"network": number, "train_s": t1 - t0, "predict_s": t2 - t1, "rss_mb_after": rss_now_mb()})
+    return {"pool": job["pool"], "epochs": job["epochs"], "networks": rows, "reused": training.NETWORKS.reused}
+
+
 def worker_gpu(job: dict) -> dict:
-    """Section 9: the study networks on the GPU at 128/256/512, within a time budget, in one process."""
+    """Section 10: the study networks on the GPU at 128/256/512, within a time budget, in one process."""
     tf = start_tensorflow()
     started = time.perf_counter()
     gpus = gpu_details(tf)
@@ -920,6 +968,7 @@ def worker_main(spec: str) -> int:
             "flops": worker_flops,
             "input": worker_input,
             "score": worker_score,
+            "experts": worker_experts,
             "gpu": worker_gpu,
         }
         emit(handlers[kind](job))
@@ -1181,9 +1230,68 @@ def section_tuning(bench: Bench, state: dict) -> None:
     }
 
 
+def section_experts(bench: Bench, state: dict) -> None:
+    args = bench.args
+    count, epochs = (3, 1) if args.quick else (args.networks, 3)
+    out: dict = {"networks": count, "epochs": epochs, "runs": {}}
+    for pool in (False, True):
+        name = "pooled" if pool else "each built anew"
+        say(f"[experts] {count} networks in one process, {name} ...")
+        folder = bench.tmp / f"experts-{int(pool)}"
+        job = {"kind": "experts", "pool": pool, "networks": count, "epochs": epochs}
+        res = bench.run({**job, "data_root": str(args.data_root), "out": str(folder)})
+        out["runs"][name] = res
+        if "error" in res:
+            say(f"  failed: {res['error'][:300]}")
+        else:
+            say("  train s " + ", ".join(f"{r['train_s']:.1f}" for r in res["networks"]))
+        shutil.rmtree(folder, ignore_errors=True)
+    state["experts"] = out
+
+
+def parse_tuned_run(text: str) -> dict:
+    """``BATCH[:LR[:EPOCHS]]`` of ``--tuned-run``; what is left out is filled in by :func:`tuned_runs`."""
+    parts = text.split(":")
+    try:
+        if not 1 <= len(parts) <= 3 or not parts[0]:
+            raise ValueError
+        run = {"batch": int(parts[0])}
+        if len(parts) > 1 and parts[1]:
+            run["lr"] = float(parts[1])
+        if len(parts) > 2 and parts[2]:
+            run["epochs"] = int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--tuned-run expects BATCH[:LR[:EPOCHS]] such as 4, 4:0.002 or 4:0.002:60, got {text!r}"
+        ) from None
+    if run["batch"] < 1 or run.get("lr", 1.0) <= 0 or run.get("epochs", 1) < 1:
+        raise argparse.ArgumentTypeError(f"--tuned-run {text!r}: batch and epochs must be >= 1 and LR > 0")
+    return run
+
+
+def tuned_runs(given: list[dict] | None, batch: int, epochs: int, rule: str) -> list[dict]:
+    """The tuned score runs: each ``--tuned-run`` (or one at ``batch``), LR scaled by ``rule`` and the
+    baseline's epochs where not given."""
+    runs = given or [{"batch": batch}]
+    return [
+        {
+            "batch": r["batch"],
+            "lr": r.get("lr", scaled_learning_rate(r["batch"], rule)),
+            "epochs": r.get("epochs", epochs),
+        }
+        for r in runs
+    ]
+
+
+def run_label(run: dict) -> str:
+    return f"tuned: batch {run['batch']}, lr {run['lr']:.2g}, {run['epochs']} epochs"
+
+
 def section_score(bench: Bench, state: dict) -> None:
     args = bench.args
-    if args.tuned_batch:
+    if args.tuned_run:
+        batch, why = None, "--tuned-run"
+    elif args.tuned_batch:
         batch, why = args.tuned_batch, "--tuned-batch"
     elif "tuning" in state:
         batch, why = state["tuning"]["best_batch"], "fastest plain tf.data batch size of the tuning section"
@@ -1191,22 +1299,18 @@ def section_score(bench: Bench, state: dict) -> None:
         batch, why = 8, "default (no tuning section in this run)"
     epochs = args.score_epochs or (3 if args.quick else 60)
     experts = args.score_experts or ([1] if args.quick else [1, 2, 3])
-    out = {"batch": batch, "batch_chosen_by": why, "epochs": epochs, "experts": experts, "runs": {}}
-    for mode, b in (("baseline", 1), ("tuned", batch)):
-        folder = bench.tmp / f"score-{mode}"
-        job = {
-            "kind": "score",
-            "mode": mode,
-            "batch": b,
-            "lr": scaled_learning_rate(b, args.lr_scaling),
-            "epochs": epochs,
-            "experts": experts,
-            "data_root": str(args.data_root),
-            "out": str(folder),
-        }
-        say(f"[score] {mode}: batch {b}, {epochs} epochs, experts {experts} ...")
-        res = bench.run(job)
-        out["runs"][mode] = res
+    baseline = {"batch": 1, "lr": scaled_learning_rate(1, args.lr_scaling), "epochs": epochs}
+    planned = [("baseline", baseline)] + [
+        (run_label(r), r) for r in tuned_runs(args.tuned_run, batch or 8, epochs, args.lr_scaling)
+    ]
+    out = {"batch_chosen_by": why, "epochs": epochs, "experts": experts, "runs": {}}
+    for number, (label, run) in enumerate(planned):
+        folder = bench.tmp / f"score-{number}"
+        mode = "baseline" if number == 0 else "tuned"
+        job = {"kind": "score", "mode": mode, **run, "experts": experts}
+        say(f"[score] {label if number else 'baseline'}, experts {experts} ...")
+        res = bench.run({**job, "data_root": str(args.data_root), "out": str(folder)})
+        out["runs"][label] = res
         if "error" in res:
             say(f"  failed: {res['error'][:300]}")
         else:
@@ -1529,6 +1633,8 @@ def render(state: dict) -> str:
         lines += flops_section(state, configs, peak)
     if "tuning" in state:
         lines += tuning_section(state)
+    if "experts" in state:
+        lines += experts_section(state)
     if "score" in state:
         lines += score_section(state)
     if "suite" in state:
@@ -1719,52 +1825,101 @@ def tuning_section(state: dict) -> list[str]:
     return lines
 
 
-def score_section(state: dict) -> list[str]:
-    data = state["score"]
+def experts_section(state: dict) -> list[str]:
+    data = state["experts"]
     lines = [
-        "## 7. Score at equal model and epochs",
+        "## 7. Several networks in one process",
         "",
-        f"Kidney task 1 (demo preset: ConvLSTM U-Net, depth 4, 8 filters, 128 px), experts {data['experts']}, "
-        f"{data['epochs']} epochs, no early stopping, seed 0, through `common.pipeline.run_task` (split, "
-        "best-epoch choice on the validation cases, prediction, ensemble, QUBIQ score) both times. Baseline: "
-        "`common.training.training_dataset` replaced (in that worker process only) by the study's Python "
-        f"generator without prefetch, batch 1. Tuned: the project's pipeline as is, batch {data['batch']} "
-        f"({data['batch_chosen_by']}).",
+        f"{data['networks']} kidney demo networks (ConvLSTM, depth 4, 8 filters, 128 px, batch 2) trained one after "
+        f"another in one process, {data['epochs']} epoch(s) each on 12 training and 4 validation cases, each with "
+        "its own seed, through `common.training.train_expert` (the first step's tracing included), then "
+        "`common.training.predict` of 16 cases from the saved model; once with a new network built for each "
+        "(`NETWORKS.enabled = False`, `keras.backend.clear_session()` after each), once with the pooled network "
+        "(`common.training.NetworkPool`). Seconds and resident memory (MiB) after each network.",
         "",
     ]
-    rows = []
     runs = data["runs"]
-    for mode in ("baseline", "tuned"):
-        r = runs.get(mode, {})
+    header = ["network"]
+    for name in runs:
+        header += [f"{name}: train s", "predict s", "MiB after"]
+    rows = []
+    for index in range(data["networks"]):
+        row = [index + 1]
+        for run in runs.values():
+            nets = run.get("networks", [])
+            if index < len(nets):
+                n = nets[index]
+                row += [fmt(n["train_s"], 1), fmt(n["predict_s"], 1), fmt(n["rss_mb_after"], 0)]
+            else:
+                row += ["failed" if "error" in run else "-", "", ""]
+        rows.append(row)
+    lines += table(header, rows)
+    lines.append("")
+    return lines
+
+
+def score_section(state: dict) -> list[str]:
+    data = state["score"]
+    tolerance = state["args"]["score_tolerance"]
+    lines = [
+        "## 8. Score at equal model",
+        "",
+        f"Kidney task 1 (demo preset: ConvLSTM U-Net, depth 4, 8 filters, 128 px), experts {data['experts']}, "
+        "no early stopping, seed 0, through `common.pipeline.run_task` (split, best-epoch choice on the "
+        "validation cases, prediction, ensemble, QUBIQ score on the 4 held-out cases) every time, each run in "
+        "its own process. Baseline: the study's way, `common.training.training_dataset` replaced (in that "
+        "process only) by the study's Python generator without prefetch, batch 1, and a new network built and "
+        "traced for every expert (`common.training.NETWORKS.enabled = False`). Tuned: the project's pipeline "
+        f"as is (tf.data stream, one pooled network for all experts) at the batch, learning rate and epochs of "
+        f"the row ({data['batch_chosen_by']}). Speed-up: the baseline's wall time over the run's. A score more "
+        f"than {tolerance} below the baseline's counts as worse.",
+        "",
+    ]
+    runs = data["runs"]
+    base = runs.get("baseline", {})
+    rows = []
+    for label, r in runs.items():
         if "error" in r:
-            rows.append([mode, "failed", r["error"].strip().splitlines()[-1][:100], "", "", ""])
+            rows.append([label, "failed: " + r["error"].strip().splitlines()[-1][:100], "", "", "", "", ""])
             continue
         s = r["settings"]
+        speed, delta, verdict = "", "", ""
+        if label != "baseline" and "score" in base:
+            speed = fmt(ratio(base["wall_seconds"], r["wall_seconds"]), 2) + "x"
+            change = r["score"] - base["score"]
+            delta = f"{change:+.4f}"
+            # a difference of exactly the tolerance counts as within it (float rounding of the subtraction aside)
+            verdict = "no worse" if change >= -tolerance - 1e-12 else "WORSE"
         rows.append(
             [
-                mode,
-                s["batch_size"],
-                f"{s['learning_rate']:.2g}",
+                f"{label} (batch {s['batch_size']}, lr {s['learning_rate']:.2g}, {s['epochs']} epochs)"
+                if label == "baseline"
+                else label,
                 fmt(r["score"], 4),
                 fmt(r["training_seconds"], 0),
                 fmt(r["wall_seconds"], 0),
+                speed,
+                delta,
+                verdict,
             ]
         )
-    lines += table(["way", "batch", "lr", "QUBIQ score", "training s", "wall s"], rows)
-    b, t = runs.get("baseline", {}), runs.get("tuned", {})
-    if "score" in b and len(b.get("generator_streams_used", [])) != len(data["experts"]):
+    lines += table(["run", "QUBIQ score", "training s", "wall s", "speed-up", "score - baseline", "verdict"], rows)
+    if "score" in base and len(base.get("generator_streams_used", [])) != len(data["experts"]):
         lines += ["", "WARNING: the baseline did not train every network from the study-style generator."]
-    if "score" in b and "score" in t:
-        delta = t["score"] - b["score"]
-        verdict = "no worse" if delta >= -state["args"]["score_tolerance"] else "WORSE"
-        lines += [
-            "",
-            f"Speed-up (wall): {fmt(ratio(b['wall_seconds'], t['wall_seconds']), 2)}x; training only: "
-            f"{fmt(ratio(b['training_seconds'], t['training_seconds']), 2)}x. Score difference tuned - baseline: "
-            f"{delta:+.4f} ({verdict}, tolerance {state['args']['score_tolerance']}; "
-            f"{len(data['experts'])} network(s), 4 held-out cases, one seed: a noisy check, not a significance test).",
-        ]
-    lines.append("")
+    per_network = [
+        [label, n["network"], fmt(n["seconds"], 1), fmt(n["rss_mb_after"], 0)]
+        for label, r in runs.items()
+        for n in r.get("per_network", [])
+    ]
+    if per_network:
+        lines += ["", "Each network's training (first step's tracing included) and the process's memory after it:", ""]
+        lines += table(["run", "network", "training s", "resident MiB after"], per_network)
+    lines += [
+        "",
+        f"{len(data['experts'])} network(s) per run, 4 held-out cases, one seed: a noisy check, not a significance "
+        "test.",
+        "",
+    ]
     return lines
 
 
@@ -1772,7 +1927,7 @@ def suite_section(state: dict) -> list[str]:
     data = state["suite"]
     quick = state["args"]["quick"]
     lines = [
-        "## 8. Demo suite",
+        "## 9. Demo suite",
         "",
         "Each task as `python <Script>.py --demo --task T --quiet --no-plots --out <tmp>`"
         + (" --epochs 1 --image-size 32 (--quick)" if quick else "")
@@ -1788,7 +1943,7 @@ def suite_section(state: dict) -> list[str]:
 
 def gpu_section(state: dict) -> list[str]:
     data = state.get("gpu", {})
-    lines = ["## 9. GPU", ""]
+    lines = ["## 10. GPU", ""]
     if not data.get("gpus"):
         if "error" in data:
             return lines + [f"failed: {data['error'][:500]}", ""]
@@ -1921,6 +2076,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-epochs", type=int, default=None, help="epochs of the score section (default 60; 3 with --quick)"
     )
     parser.add_argument(
+        "--networks", type=int, default=6, help="networks trained in one process by the experts section"
+    )
+    parser.add_argument(
+        "--tuned-run",
+        type=parse_tuned_run,
+        action="append",
+        default=None,
+        metavar="BATCH[:LR[:EPOCHS]]",
+        help="a tuned score run against the one baseline; repeat for several (default: one at --tuned-batch, "
+        "LR scaled by --lr-scaling, the baseline's epochs)",
+    )
+    parser.add_argument(
         "--score-experts",
         type=int_list,
         default=None,
@@ -1990,6 +2157,7 @@ def main(argv: list[str] | None = None) -> int:
             ("input", {"input"}, section_input),
             ("throughput/inference/memory", {"throughput", "inference", "memory"}, section_configs),
             ("tuning", {"tuning"}, section_tuning),
+            ("experts", {"experts"}, section_experts),
             ("score", {"score"}, section_score),
             ("suite", {"suite"}, section_suite),
             ("gpu", {"gpu"}, section_gpu),

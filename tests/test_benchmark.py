@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -119,5 +120,83 @@ def test_results_paths_never_reuse_a_name(tmp_path):
 
 def test_sections_and_aliases():
     assert bm.parse_sections(["baseline,input", "tuned"]) == {"tuning", "input"}
+    assert bm.parse_sections(["experts", "score"]) == {"experts", "score"}
+    assert set(bm.DEFAULT_SECTIONS) <= set(bm.SECTIONS) and {"suite", "gpu"}.isdisjoint(bm.DEFAULT_SECTIONS)
     with pytest.raises(Exception, match="unknown section"):
         bm.parse_sections(["nope"])
+
+
+def _score_run(mode, batch, epochs, score, wall, networks):
+    return {
+        "mode": mode,
+        "settings": {"batch_size": batch, "learning_rate": 1e-3, "epochs": epochs},
+        "score": score,
+        "training_seconds": wall - 2,
+        "wall_seconds": wall,
+        "generator_streams_used": [16] * len(networks) if mode == "baseline" else [],
+        "per_network": [{"network": str(n), "seconds": s, "rss_mb_after": m} for n, s, m in networks],
+    }
+
+
+@pytest.mark.parametrize(
+    ("tuned_score", "verdict"), [(0.89, "no worse"), (0.88, "no worse"), (0.87, "WORSE"), (0.95, "no worse")]
+)
+def test_score_report_speed_up_and_verdict(tuned_score, verdict):
+    label = bm.run_label({"batch": 2, "lr": 1e-3, "epochs": 40})
+    state = {
+        "args": {"score_tolerance": 0.02},
+        "score": {
+            "batch_chosen_by": "--tuned-run",
+            "epochs": 60,
+            "experts": [1, 2],
+            "runs": {
+                "baseline": _score_run("baseline", 1, 60, 0.9, 300.0, [(1, 150, 900), (2, 150, 1000)]),
+                label: _score_run("tuned", 2, 40, tuned_score, 100.0, [(1, 60, 900), (2, 40, 910)]),
+                "tuned: batch 4, lr 0.002, 60 epochs": {"error": "Traceback ...\nValueError: boom"},
+            },
+        },
+    }
+    text = "\n".join(bm.score_section(state))
+    change = f"{tuned_score - 0.9:+.4f}"
+    # 0.88 is exactly the tolerance below: within it, although 0.88 - 0.9 < -0.02 in floating point
+    assert (
+        f"| tuned: batch 2, lr 0.001, 40 epochs | {tuned_score:.4f} | 98 | 100 | 3.00x | {change} | {verdict} |" in text
+    )
+    assert "| baseline (batch 1, lr 0.001, 60 epochs) | 0.9000 | 298 | 300 |  |  |  |" in text
+    assert "| tuned: batch 4, lr 0.002, 60 epochs | failed: ValueError: boom |" in text
+    assert "| baseline | 2 | 150.0 | 1000 |" in text  # per-network seconds and memory
+    assert "WARNING" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "given", "expected"),
+    [
+        ("4", {"batch": 4}, {"batch": 4, "lr": bm.scaled_learning_rate(4, "sqrt"), "epochs": 60}),
+        ("4:0.002", {"batch": 4, "lr": 0.002}, {"batch": 4, "lr": 0.002, "epochs": 60}),
+        ("2:0.001:40", {"batch": 2, "lr": 0.001, "epochs": 40}, {"batch": 2, "lr": 0.001, "epochs": 40}),
+        ("8::30", {"batch": 8, "epochs": 30}, {"batch": 8, "lr": bm.scaled_learning_rate(8, "sqrt"), "epochs": 30}),
+    ],
+)
+def test_tuned_run_option(text, given, expected):
+    assert bm.parse_tuned_run(text) == given
+    assert bm.tuned_runs([given], 99, 60, "sqrt") == [expected]
+
+
+@pytest.mark.parametrize("text", ["", "x", "4:fast", "4:0.001:10:1", "0", "4:-1", "4:0.001:0"])
+def test_tuned_run_option_refuses_bad_values(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="--tuned-run"):
+        bm.parse_tuned_run(text)
+
+
+def test_default_tuned_run_is_one_at_the_given_batch():
+    assert bm.tuned_runs(None, 8, 60, "linear") == [
+        {"batch": 8, "lr": bm.scaled_learning_rate(8, "linear"), "epochs": 60}
+    ]
+
+
+def test_experts_report_lists_every_network_of_both_runs():
+    run = {"networks": [{"network": i, "train_s": 10.0 * i, "predict_s": 1.0, "rss_mb_after": 900 + i} for i in (1, 2)]}
+    state = {"experts": {"networks": 3, "epochs": 1, "runs": {"each built anew": run, "pooled": {"error": "boom"}}}}
+    lines = bm.experts_section(state)
+    assert "| 1 | 10.0 | 1.0 | 901 | failed |  |  |" in lines
+    assert "| 3 | - |  |  | failed |  |  |" in lines
