@@ -198,8 +198,10 @@ class NetworkPool:
     network instead of one per expert. Anything else (other settings, input channels, outputs or
     dtype policy) replaces the pooled network.
 
-    Not used for a distributed training (its variables belong to the strategy) or a resumed one
-    (the backup brings its own network and optimiser state). ``enabled = False`` builds every
+    Not used for a distributed training (its variables belong to the strategy), a resumed one (the
+    backup brings its own network and optimiser state), or under ``mixed_float16`` (GPU mixed
+    precision), whose loss-scale optimiser builds its state differently when built ahead of training
+    and would then not match the backups it saves. ``enabled = False`` builds every
     network anew, as before (the benchmark's study-style baseline does).
     """
 
@@ -230,7 +232,7 @@ class NetworkPool:
             self.reused += 1
             return self.model
         compile_for(fresh, settings)
-        if self.enabled:
+        if self.enabled and not isinstance(fresh.optimizer, keras.optimizers.LossScaleOptimizer):
             fresh.optimizer.build(fresh.trainable_variables)
             self._optimizer_state = [keras.ops.convert_to_numpy(variable) for variable in fresh.optimizer.variables]
             self.model, self.key = fresh, key
@@ -243,10 +245,12 @@ class NetworkPool:
         return self.key == self.key_of(settings, channels, outputs, precision_policy(settings, log=lambda _: None))
 
     def release(self) -> None:
-        """Drop the pooled network and Keras's global state."""
+        """Drop the pooled network and Keras's global state (but not the dtype policy in force)."""
         if self.model is not None:
             self.model, self.key, self._optimizer_state = None, None, []
+            policy = keras.config.dtype_policy()  # clear_session() resets it to float32
             keras.backend.clear_session()
+            keras.config.set_dtype_policy(policy)
 
 
 #: The process's pool (see :class:`NetworkPool`); ``NETWORKS.enabled = False`` switches reuse off.

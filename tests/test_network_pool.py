@@ -117,8 +117,19 @@ def test_anything_else_replaces_the_pooled_network(pool, change):
     asked = {"settings": TINY, "channels": 1, "outputs": 1, "policy": "float32", **change}
     with training.dtype_policy(asked["policy"]):
         second = pool.network(**asked)
+        assert keras.config.dtype_policy().name == asked["policy"]  # replacing kept the policy in force
     assert second is not first and pool.reused == 0 and pool.model is second
     assert not pool.holds(TINY, 1, 1)
+    expected = "bfloat16" if asked["policy"] == "mixed_bfloat16" else "float32"
+    assert second.get_layer("enc1_conv1").compute_dtype == expected  # built under the policy asked for
+
+
+def test_mixed_float16_networks_are_not_pooled(pool):
+    pool.network(TINY, 1, 1, "float32")
+    with training.dtype_policy("mixed_float16"):
+        model = pool.network(TINY, 1, 1, "mixed_float16")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert pool.model is None and not pool.holds(TINY, 1, 1)
 
 
 def test_disabled_pool_builds_every_network(pool):
