@@ -1289,19 +1289,19 @@ def run_label(run: dict) -> str:
 
 def section_score(bench: Bench, state: dict) -> None:
     args = bench.args
-    if args.tuned_run:
-        batch, why = None, "--tuned-run"
-    elif args.tuned_batch:
+    if args.tuned_batch:
         batch, why = args.tuned_batch, "--tuned-batch"
     elif "tuning" in state:
         batch, why = state["tuning"]["best_batch"], "fastest plain tf.data batch size of the tuning section"
     else:
         batch, why = 8, "default (no tuning section in this run)"
+    if args.tuned_run:
+        why = "--tuned-run"
     epochs = args.score_epochs or (3 if args.quick else 60)
     experts = args.score_experts or ([1] if args.quick else [1, 2, 3])
     baseline = {"batch": 1, "lr": scaled_learning_rate(1, args.lr_scaling), "epochs": epochs}
     planned = [("baseline", baseline)] + [
-        (run_label(r), r) for r in tuned_runs(args.tuned_run, batch or 8, epochs, args.lr_scaling)
+        (run_label(r), r) for r in tuned_runs(args.tuned_run, batch, epochs, args.lr_scaling)
     ]
     out = {"batch_chosen_by": why, "epochs": epochs, "experts": experts, "runs": {}}
     for number, (label, run) in enumerate(planned):
