@@ -1,96 +1,327 @@
 """Finding QUBIQ cases on disk and reading their NIfTI files (nibabel).
 
-Cases are discovered by walking a dataset folder for ``image.nii.gz``, so copies with and without the
-``Training/`` level both work. Masks are paired by their file names (``taskTT_segEE.nii.gz``) inside the
-case folder, never by sorted position across folders.
+Where the data lies. The data root holds one QUBIQ release as distributed (the folder names are the table
+``common.spec.RELEASES``): 2020 ``training_data_v2/``, ``validation_data_v2/``, ``test/``; 2021
+``training_data_v3_QC/`` (or ``training_data_v3/``), ``validation_data_qubiq2021_QC/`` (or
+``validation_data_qubiq2021/``), ``QUBIQ21_test/``. :func:`find_release` tells which release a root
+holds by these names alone, un-nests a split folder that an unzip tool left inside a folder of its own
+name (``training_data_v3_QC/training_data_v3_QC/kidney``), and refuses whatever would make the choice a
+guess: two releases (unless ``release`` picks one), two copies of one split, a root that is a split
+folder itself. A wrong root is the first mistake on real data, so each refusal names the path and what
+was expected there.
+
+Which cases there are. Case folders are found by walking a dataset folder for ``image.nii.gz``, so copies
+with and without the ``Training/`` level both work. The walk follows symbolic links (a case folder linked
+from another disk is found), stops at a link loop, and reads each physical folder once: a folder reached
+twice, through two links, would count its cases twice and is refused. Masks are paired by their file
+names (``taskTT_segEE.nii.gz``) inside the case folder, never by sorted position across folders, so a
+case missing an expert's mask (prostate case09 has experts 1, 2, 4, 5, 6) simply lacks it.
+
+Nothing is dropped or doubled silently: two folders naming one case (``case1`` and ``case01``, compared
+by :func:`case_key`), two files naming one mask (``task1_seg1.nii.gz`` and ``task01_seg01.nii.gz``, or
+``.nii`` and ``.nii.gz``), a broken link named like an image or a mask, and masks without an image are
+errors (:class:`DataError`); a file named in other letter case (``Image.nii.gz``) is used and a NIfTI
+file that is neither image nor mask is not, each with a :class:`DataWarning` naming it, which the run
+writes into its log.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from common.spec import SPLIT_FOLDERS, SPLITS, DatasetSpec
+from common.spec import RELEASE_NAMES, RELEASES, SPLITS, ConfigError, DatasetSpec
 
 IMAGE_NAME = "image.nii.gz"
 MASK_PATTERN = re.compile(r"^task(\d+)_seg(\d+)\.nii(\.gz)?$")
+_MASK_ANY_CASE = re.compile(MASK_PATTERN.pattern, re.IGNORECASE)
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Folders an unzip tool or a file manager leaves next to the data; never data themselves.
+_HOUSEKEEPING = ("__MACOSX",)
 
 
 class DataError(ValueError):
     """A problem with the data on disk; the message names the file or folder."""
 
 
-class MaskValueWarning(UserWarning):
+class DataWarning(UserWarning):
+    """Data used or skipped in a way the user should know of; the message names the file or folder.
+
+    A run collects these during its data check and writes each into its ``run.log``.
+    """
+
+
+class MaskValueWarning(DataWarning):
     """A mask whose on-value is not 1 (it is still binarised as nonzero)."""
 
 
 @dataclass(frozen=True)
 class Case:
-    """One case folder: its image and its expert masks, keyed by ``(task, expert)``."""
+    """One case folder: its image and its expert masks, keyed by ``(task, expert)``.
+
+    ``image`` is the image file when it is not named exactly ``image.nii.gz`` (``Image.nii.gz``).
+    """
 
     case_id: str
     split: str
     folder: Path
     masks: dict[tuple[int, int], Path] = field(default_factory=dict)
+    image: Path | None = None
 
     @property
     def image_path(self) -> Path:
-        return self.folder / IMAGE_NAME
+        return self.image if self.image is not None else self.folder / IMAGE_NAME
 
     def experts_for(self, task: int) -> list[int]:
         """The experts (1-based) that annotated ``task`` in this case, in order."""
         return sorted(e for (t, e) in self.masks if t == task)
 
 
-def dataset_folder(root: Path, dataset: str, split: str) -> Path:
-    """``<root>/<split folder>/<dataset>``, e.g. ``root/training_data_v2/kidney``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return Path(root) / SPLIT_FOLDERS[split][0] / dataset
+def case_key(case_id: str) -> str:
+    """The canonical key of a case id: lower case, numbers without leading zeros (``Case01`` -> ``case1``).
+
+    Two folders with one key name one case, whichever spelling each copy used; comparing raw names would
+    count ``case1`` and ``case01`` as two cases (and train and score on the same image).
+    """
+    return re.sub(r"\d+", lambda number: str(int(number.group())), case_id.lower())
 
 
-def discover_cases(root: Path, dataset: str, split: str) -> list[Case]:
-    """All cases of one split, sorted by case id.
+# --- which release a data root holds ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """One QUBIQ release under a data root: its name and the resolved folder of each split present.
+
+    ``folders`` maps a split to its top folder after un-nesting (``root/training_data_v3_QC`` or
+    ``root/training_data_v3_QC/training_data_v3_QC``); a split absent from the root is absent here.
+    """
+
+    name: str
+    root: Path
+    folders: dict[str, Path] = field(hash=False)
+
+    def dataset_folder(self, dataset: str, split: str) -> Path:
+        """``<split folder>/<dataset>``, e.g. ``root/training_data_v3_QC/kidney`` (it may not exist).
+
+        Raises:
+            ValueError: ``split`` is not one of :data:`common.spec.SPLITS`.
+            DataError: the release has no folder for ``split`` under this root.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if split not in self.folders:
+            raise DataError(
+                f"no {split} data for {dataset}: the QUBIQ {self.name} release under {self.root} has no {split} "
+                f"folder (expected {_expected(self.name, split)})"
+            )
+        return self.folders[split] / dataset
+
+    def to_dict(self) -> dict:
+        """``{"release": "2021", "folders": {"train": "/abs/...", ...}}`` for ``config.json``."""
+        return {"release": self.name, "folders": {split: str(folder) for split, folder in self.folders.items()}}
+
+    def describe(self) -> str:
+        """One line for the run log: ``QUBIQ 2021 release: training_data_v3_QC/training_data_v3_QC, ...``."""
+        shown = ", ".join(self.folders[s].relative_to(self.root).as_posix() for s in SPLITS if s in self.folders)
+        return f"QUBIQ {self.name} release: {shown}"
+
+
+def find_release(root: Path, release: str | None = None) -> Release:
+    """The QUBIQ release under ``root``, told by its split folders' names (``common.spec.RELEASES``).
+
+    ``release`` ("2020" or "2021") picks one when the root holds both; otherwise the root must hold exactly
+    one. A split folder nested once in a folder of its own name (or of another accepted name of the same
+    split) is un-nested.
 
     Raises:
-        DataError: the data root or the dataset folder is missing, or holds no case.
+        ConfigError: ``release`` is not a known release.
+        DataError: ``root`` does not exist, is a file, is empty, holds no release folder, looks like a split
+            folder itself, holds two releases (and ``release`` picks none), lacks the ``release`` asked for,
+            holds two copies of one split, or a nested split folder has other folders beside it.
     """
-    root = Path(root)
+    if release is not None:
+        release = str(release)
+        if release not in RELEASES:
+            raise ConfigError(f"release must be one of {', '.join(RELEASE_NAMES)}, got {release!r}")
+    given = Path(root)
+    _check_root(given)
+    present = {
+        name: {split: [top for top in tops if (given / top).is_dir()] for split, tops in splits.items()}
+        for name, splits in RELEASES.items()
+    }
+    present = {name: {s: tops for s, tops in splits.items() if tops} for name, splits in present.items()}
+    present = {name: splits for name, splits in present.items() if splits}
+    found = sorted({top for splits in present.values() for tops in splits.values() for top in tops})
+    if not found or found == [given.name]:  # nothing, or root is the outer folder of a nested split folder
+        raise DataError(_no_release_message(given, found))
+    if release is None:
+        if len(present) > 1:
+            shown = " and ".join(f"{name} ({_joined(splits)})" for name, splits in present.items())
+            choices = " or ".join(f"--release {name}" for name in present)
+            raise DataError(
+                f"data root {given} holds {len(present)} QUBIQ releases: {shown}; choose one with {choices}, "
+                f"or move the other's folders out of {given}"
+            )
+        (release,) = present
+    elif release not in present:
+        others = "; ".join(f"it holds the {name} release ({_joined(splits)})" for name, splits in present.items())
+        raise DataError(
+            f"--release {release}: data root {given} holds no QUBIQ {release} folder (expected "
+            f"{', '.join(_expected(release, split) for split in SPLITS)}); {others}"
+        )
+    resolved = given.resolve()
+    folders = {}
+    for split, tops in present[release].items():
+        if len(tops) > 1:
+            raise DataError(
+                f"data root {given} holds {len(tops)} copies of the QUBIQ {release} {split} folder: "
+                f"{' and '.join(tops)}; move all but one out of {given}, so that it is clear which to use"
+            )
+        folders[split] = _unnest(resolved / tops[0], RELEASES[release][split])
+    return Release(name=release, root=resolved, folders={s: folders[s] for s in SPLITS if s in folders})
+
+
+def _check_root(root: Path) -> None:
+    """Refuse a root that does not exist, is a file, cannot be read or is empty."""
+    expected = f"the folder that holds the QUBIQ split folders ({_all_expected()})"
+    if not root.exists():
+        raise DataError(
+            f"data root {root} does not exist; pass --data-root (or set QUBIQ_DATA) to {expected}, or use --demo"
+        )
     if not root.is_dir():
+        raise DataError(f"data root {root} is a file; --data-root must name {expected}")
+    try:
+        empty = not any(root.iterdir())
+    except OSError as error:
+        raise DataError(f"cannot read data root {root}: {error.strerror or error}") from error
+    if empty:
         raise DataError(
-            f"data root {root} does not exist; pass --data-root (or set QUBIQ_DATA) to the folder that holds "
-            f"training_data_v2/, validation_data_v2/ and test/, or use --demo"
+            f"data root {root} is empty; expected {_all_expected()}, as distributed by QUBIQ (or use --demo)"
         )
-    if not any(root.iterdir()):
-        raise DataError(
-            f"data root {root} is empty; expected training_data_v2/, validation_data_v2/ and test/ "
-            f"as distributed by QUBIQ (or use --demo)"
-        )
-    folder = dataset_folder(root, dataset, split)
+
+
+def _no_release_message(root: Path, found: list[str]) -> str:
+    """Why ``root`` holds no release: a hint to its parent when it is (inside) a split folder."""
+    absolute = Path(os.path.abspath(root))
+    split_names = {
+        top: (name, split) for name, splits in RELEASES.items() for split, tops in splits.items() for top in tops
+    }
+    for folder in [absolute, *absolute.parents[:3]]:
+        if folder.name in split_names:
+            name, split = split_names[folder.name]
+            parent = folder.parent
+            if parent.name in RELEASES[name][split]:  # the inner copy of a nested split folder
+                parent = parent.parent
+            return (
+                f"data root {root} holds no QUBIQ release folder and looks like a split folder, not the folder that "
+                f"holds them: {folder} is named like the QUBIQ {name} {split} folder; pass --data-root {parent}"
+            )
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    holds = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+    return f"data root {root} holds no QUBIQ release folder (expected {_all_expected()}); it holds {holds}"
+
+
+def _unnest(top: Path, names: tuple[str, ...]) -> Path:
+    """``top/<name>`` when an unzip tool nested the split folder once in itself, else ``top``.
+
+    Raises:
+        DataError: the nested folder has other folders beside it: which level holds the data is a guess.
+    """
+    for name in (top.name, *names):
+        inner = top / name
+        if inner.is_dir():
+            beside = sorted(
+                p.name
+                for p in top.iterdir()
+                if p.is_dir() and p.name != name and not p.name.startswith(".") and p.name not in _HOUSEKEEPING
+            )
+            if beside:
+                raise DataError(
+                    f"{top} holds both a nested {name}/ (as some unzip tools leave it) and other folders "
+                    f"({', '.join(beside)}); keep one level: move the contents of {inner} up, or the others away"
+                )
+            return inner
+    return top
+
+
+def _expected(release: str, split: str) -> str:
+    """``training_data_v3_QC/ (or training_data_v3/)``: a split's folder names, preferred first."""
+    first, *others = RELEASES[release][split]
+    return f"{first}/" + "".join(f" (or {other}/)" for other in others)
+
+
+def _all_expected() -> str:
+    """Every release's folders, for a root that holds none of them."""
+    parts = []
+    for name in RELEASE_NAMES:
+        *head, last = (_expected(name, split) for split in SPLITS)
+        parts.append(f"{', '.join(head)} and {last} (QUBIQ {name})")
+    return ", or ".join(parts)
+
+
+def _joined(splits: dict[str, list[str]]) -> str:
+    return ", ".join(top for tops in splits.values() for top in tops)
+
+
+# --- which cases a dataset folder holds --------------------------------------------------------------------------
+
+
+def dataset_folder(root: Path, dataset: str, split: str, *, release: str | None = None) -> Path:
+    """``<root>/<split folder>/<dataset>``, e.g. ``root/training_data_v2/kidney`` (see :func:`find_release`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return find_release(root, release).dataset_folder(dataset, split)
+
+
+def discover_cases(root: Path, dataset: str, split: str, *, release: str | None = None) -> list[Case]:
+    """All cases of one split, sorted by case id (naturally: ``case2`` before ``case10``).
+
+    Raises:
+        ConfigError: ``release`` is not a known release.
+        DataError: see :func:`find_release`; the dataset folder is missing or holds no case; a folder cannot
+            be read or is reached twice through links; two case folders name one case; a case folder has two
+            images or two files of one mask; a broken link is named like an image or a mask; a folder has
+            masks but no image.
+
+    Warns:
+        DataWarning: an image or mask named in other letter case (used); a NIfTI file that is neither
+            (not used); a broken link under another name; a link loop (not followed).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    folder = find_release(root, release).dataset_folder(dataset, split)
     if not folder.is_dir():
-        raise DataError(f"no {split} data for {dataset}: folder {folder} does not exist")
-    cases = []
-    seen: dict[str, Path] = {}
-    for image in sorted(folder.rglob(IMAGE_NAME)):
-        case_folder = image.parent
-        case_id = case_folder.name
-        if case_id in seen:
-            raise DataError(f"case {case_id} appears twice: {seen[case_id]} and {case_folder}")
-        seen[case_id] = case_folder
-        masks: dict[tuple[int, int], Path] = {}
-        for path in sorted(case_folder.iterdir()):
-            match = MASK_PATTERN.match(path.name)
-            if match:
-                masks[(int(match.group(1)), int(match.group(2)))] = path
-        cases.append(Case(case_id=case_id, split=split, folder=case_folder, masks=masks))
-    orphans = sorted(
-        {p.parent for p in folder.rglob("task*_seg*.nii*") if MASK_PATTERN.match(p.name)} - set(seen.values())
-    )
+        holds = ""
+        if folder.parent.is_dir():
+            names = sorted(p.name for p in folder.parent.iterdir() if p.is_dir())
+            holds = f"; {folder.parent} holds {', '.join(names) if names else 'no folder'}"
+        raise DataError(f"no {split} data for {dataset}: folder {folder} does not exist{holds}")
+    cases: dict[str, Case] = {}
+    orphans = []
+    for path, files in _walk(folder):
+        image, masks = _scan_folder(path, files)
+        if image is None:
+            if masks:
+                orphans.append(path)
+            continue
+        key = case_key(path.name)
+        if key in cases:
+            raise DataError(f"case folders {cases[key].folder} and {path} name the same case ({key}); keep one of them")
+        cases[key] = Case(
+            case_id=path.name,
+            split=split,
+            folder=path,
+            masks=masks,
+            image=None if image.name == IMAGE_NAME else image,
+        )
     if orphans:
         raise DataError(
             f"case folder {orphans[0]} has masks but no {IMAGE_NAME}"
@@ -98,10 +329,109 @@ def discover_cases(root: Path, dataset: str, split: str) -> list[Case]:
         )
     if not cases:
         raise DataError(f"no case found in {folder}: expected case folders holding {IMAGE_NAME}")
-    return sorted(cases, key=lambda c: natural_key(c.case_id))
+    return sorted(cases.values(), key=lambda c: natural_key(c.case_id))
+
+
+def _walk(top: Path) -> Iterator[tuple[Path, list[str]]]:
+    """``(folder, sorted names of its non-folder entries)`` for every folder under ``top``, links followed.
+
+    ``Path.rglob`` (Python 3.11) does not follow links to folders, so a case folder linked from another
+    disk would be missed. Following links needs a guard: each physical folder, by ``(st_dev, st_ino)``,
+    is read once. A link back to a folder above it (a loop) is not followed, with a warning; a folder
+    reached again by another way would count its cases twice, and is refused.
+    """
+
+    def unreadable(error: OSError) -> None:  # os.walk skips folders it cannot list unless told otherwise
+        raise DataError(f"cannot read folder {error.filename}: {error.strerror or error}") from error
+
+    visited: dict[tuple[int, int], Path] = {}
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=True):
+        path = Path(dirpath)
+        status = os.stat(path)
+        identity = (status.st_dev, status.st_ino)
+        if identity in visited:
+            dirnames[:] = []
+            first = visited[identity]
+            if first in path.parents:
+                warnings.warn(
+                    f"{path} is {first} again, through a symbolic link (a loop); not followed",
+                    DataWarning,
+                    stacklevel=3,
+                )
+                continue
+            raise DataError(
+                f"folder {first} is reached twice, also as {path} (through a symbolic link): its cases would count "
+                f"twice; remove one of the two ways to it"
+            )
+        visited[identity] = path
+        dirnames.sort()
+        yield path, sorted(filenames)
+
+
+def _scan_folder(folder: Path, files: list[str]) -> tuple[Path | None, dict[tuple[int, int], Path]]:
+    """The image (or None) and the masks by ``(task, expert)`` among ``files``, names compared ignoring case.
+
+    Raises:
+        DataError: two images, two files of one mask, a broken link named like either, or an entry named like
+            either that is not a file.
+    """
+    images: list[Path] = []
+    masks: dict[tuple[int, int], Path] = {}
+    for name in files:
+        path = folder / name
+        match = _MASK_ANY_CASE.match(name)
+        is_image = name.lower() == IMAGE_NAME
+        if path.is_symlink() and not path.exists():
+            target = os.readlink(path)
+            if is_image or match:
+                raise DataError(f"{path} is a broken symbolic link (to {target}): expected a NIfTI file there")
+            warnings.warn(
+                f"{path} is a broken symbolic link (to {target}); ignored (if it led to a case folder, that case is "
+                f"missing)",
+                DataWarning,
+                stacklevel=3,
+            )
+            continue
+        if not (is_image or match):
+            if name.lower().endswith(_NIFTI_SUFFIXES):
+                warnings.warn(
+                    f"{path}: a NIfTI file that is neither {IMAGE_NAME} nor a mask taskTT_segEE.nii(.gz); not used",
+                    DataWarning,
+                    stacklevel=3,
+                )
+            continue
+        if not path.is_file():
+            raise DataError(f"{path} is not a regular file: expected a NIfTI file there")
+        if is_image:
+            images.append(path)
+            if name != IMAGE_NAME:
+                warnings.warn(
+                    f"{path}: named in other letter case than {IMAGE_NAME}; used as the case's image",
+                    DataWarning,
+                    stacklevel=3,
+                )
+            continue
+        task, expert = int(match.group(1)), int(match.group(2))
+        if (task, expert) in masks:
+            raise DataError(
+                f"{masks[(task, expert)]} and {path} are both the mask of task {task}, expert {expert}; "
+                f"keep one of them"
+            )
+        masks[(task, expert)] = path
+        if not MASK_PATTERN.match(name):
+            warnings.warn(
+                f"{path}: named in other letter case than task{task:02d}_seg{expert:02d}.nii.gz; used as the mask of "
+                f"task {task}, expert {expert}",
+                DataWarning,
+                stacklevel=3,
+            )
+    if len(images) > 1:
+        raise DataError(f"{folder} holds {len(images)} images: {' and '.join(p.name for p in images)}; keep one")
+    return (images[0] if images else None), dict(sorted(masks.items()))
 
 
 def natural_key(text: str) -> list:
+    """Sort key that puts ``case2`` before ``case10`` (numbers compared as numbers)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 

@@ -29,12 +29,29 @@ STRATEGIES = ("per-expert", "multi-head", "soft-label")
 #: what is trained.
 DISTRIBUTE_CHOICES = ("none", "mirrored")
 
-#: Folder names of the splits as distributed: ``<root>/<top>/<dataset>/[<inner>/]caseNN``.
-SPLIT_FOLDERS = {
-    "train": ("training_data_v2", "Training"),
-    "validation": ("validation_data_v2", "Validation"),
-    "test": ("test", "Testing"),
+#: The QUBIQ releases as distributed: release -> split -> the accepted names of the split's top folder,
+#: preferred first (``<root>/<top>/<dataset>/[<level>/]caseNN``). 2021 is handed out as ``*_QC`` zips; the
+#: non-QC copies of the same cases still circulate, so both names are accepted (but not both at once).
+#: :func:`common.data.find_release` reads this table; ``SPLIT_FOLDERS`` below is derived from it.
+RELEASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "2020": {
+        "train": ("training_data_v2",),
+        "validation": ("validation_data_v2",),
+        "test": ("test",),
+    },
+    "2021": {
+        "train": ("training_data_v3_QC", "training_data_v3"),
+        "validation": ("validation_data_qubiq2021_QC", "validation_data_qubiq2021"),
+        "test": ("QUBIQ21_test",),
+    },
 }
+RELEASE_NAMES = tuple(RELEASES)
+
+#: The optional level between a dataset folder and its case folders (``kidney/Training/case01``).
+SPLIT_LEVELS = {"train": "Training", "validation": "Validation", "test": "Testing"}
+
+#: The 2020 layout, ``split -> (top folder, level)``: what the demo generator writes.
+SPLIT_FOLDERS = {split: (RELEASES["2020"][split][0], SPLIT_LEVELS[split]) for split in SPLITS}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,18 @@ def write_case(folder: Path, image: np.ndarray, masks: dict[tuple[int, int], np.
     return folder
 
 
+def write_cases(folder: Path, cases: dict[str, list[tuple[int, int]]], shape: tuple[int, int] = (8, 8)) -> Path:
+    """``folder/<case id>/`` for each case: a tiny image and a one-pixel mask for each ``(task, expert)`` listed.
+
+    A case listed with no ``(task, expert)`` is a test case: an image and no mask.
+    """
+    for number, (case_id, pairs) in enumerate(cases.items()):
+        mask = np.zeros(shape, np.uint8)
+        mask[number % shape[0], 0] = 1
+        write_case(folder / case_id, np.full(shape, number, np.float32), {pair: mask for pair in pairs})
+    return folder
+
+
 SPEC = DatasetSpec(
     name="toy",
     title="Toy",

@@ -1,10 +1,23 @@
 """Case discovery and NIfTI reading on small temporary QUBIQ trees."""
 
+import os
+import re
+import warnings
+
 import numpy as np
 import pytest
-from helpers import write_case, write_nifti
+from helpers import write_case, write_cases, write_nifti
 
-from common.data import DataError, MaskValueWarning, discover_cases, load_case, load_image, load_mask
+from common.data import (
+    DataError,
+    DataWarning,
+    MaskValueWarning,
+    case_key,
+    discover_cases,
+    load_case,
+    load_image,
+    load_mask,
+)
 from common.spec import DatasetSpec
 
 SPEC = DatasetSpec(
@@ -185,4 +198,239 @@ def test_case_without_image_is_named(tmp_path):
     write_case(base / "case01", np.zeros((4, 5)), {(1, 1): square()})
     write_nifti(base / "case02" / "task01_seg01.nii.gz", square())
     with pytest.raises(DataError, match=r"case02 has masks but no image\.nii\.gz"):
+        discover_cases(tmp_path, "toy", "train")
+
+
+def test_masks_without_image_are_refused_whatever_their_letter_case(tmp_path):
+    base = tmp_path / "training_data_v2" / "toy" / "Training"
+    write_case(base / "case01", np.zeros((4, 5)), {(1, 1): square()})
+    write_nifti(base / "case02" / "Task01_Seg01.nii.gz", square())
+    with pytest.raises(DataError, match=r"case02 has masks but no image\.nii\.gz"), pytest.warns(DataWarning):
+        discover_cases(tmp_path, "toy", "train")
+
+
+@pytest.mark.parametrize(
+    "case_id, key",
+    [
+        ("case01", "case1"),
+        ("case1", "case1"),
+        ("Case001", "case1"),
+        ("CASE10", "case10"),
+        ("case0", "case0"),
+        ("case00", "case0"),
+        ("case1-01", "case1-1"),
+        ("case35", "case35"),
+    ],
+)
+def test_case_key(case_id, key):
+    assert case_key(case_id) == key
+
+
+TRAIN = ("training_data_v2", "toy", "Training")
+
+
+def train_folder(root):
+    return root.joinpath(*TRAIN)
+
+
+def clean_discovery(root):
+    """Discovery that must not warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        return discover_cases(root, "toy", "train")
+
+
+def test_a_clean_tree_does_not_warn(tmp_path):
+    write_cases(train_folder(tmp_path), {"case01": [(1, 1)], "case02": [(1, 1), (1, 2)]})
+    assert [c.case_id for c in clean_discovery(tmp_path)] == ["case01", "case02"]
+
+
+def test_mask_value_warning_is_a_data_warning():
+    assert issubclass(MaskValueWarning, DataWarning) and issubclass(DataWarning, UserWarning)
+
+
+def test_linked_case_folder_and_files_are_found(tmp_path):
+    """A case folder on another disk, linked in; an image and a mask linked one by one."""
+    other = write_cases(tmp_path / "other_disk", {"case07": [(1, 1)], "files": [(1, 2)]})
+    base = write_cases(train_folder(tmp_path / "data"), {"case01": [(1, 1)]})
+    (base / "case07").symlink_to(other / "case07", target_is_directory=True)
+    (base / "case02").mkdir()
+    (base / "case02" / "image.nii.gz").symlink_to(other / "files" / "image.nii.gz")
+    (base / "case02" / "task01_seg02.nii.gz").symlink_to(other / "files" / "task01_seg02.nii.gz")
+    cases = clean_discovery(tmp_path / "data")
+    assert [(c.case_id, sorted(c.masks)) for c in cases] == [
+        ("case01", [(1, 1)]),
+        ("case02", [(1, 2)]),
+        ("case07", [(1, 1)]),
+    ]
+    assert cases[2].folder == base / "case07"  # the path under the data root, not the link's target
+    loaded = load_case(cases[1], SPEC, task=1)
+    assert sorted(loaded.masks) == [2]
+
+
+def test_a_linked_split_folder_is_found(tmp_path):
+    write_cases(tmp_path / "elsewhere" / "toy", {"case01": [(1, 1)]})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "training_data_v2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert [c.case_id for c in clean_discovery(tmp_path / "data")] == ["case01"]
+
+
+@pytest.mark.parametrize("name", ["image.nii.gz", "Image.nii.gz", "task01_seg02.nii.gz", "task01_seg02.nii"])
+def test_a_broken_link_named_like_data_is_an_error(tmp_path, name):
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)]})
+    link = base / "case01" / name
+    if link.exists():
+        link.unlink()
+    link.symlink_to(tmp_path / "unmounted" / name)
+    with pytest.raises(DataError, match=re.escape(f"{link} is a broken symbolic link (to {tmp_path / 'unmounted'}")):
+        discover_cases(tmp_path, "toy", "train")
+
+
+def test_a_broken_link_under_another_name_warns(tmp_path):
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)]})
+    (base / "case02").symlink_to(tmp_path / "unmounted" / "case02")
+    with pytest.warns(DataWarning, match=re.escape(f"{base / 'case02'} is a broken symbolic link")):
+        cases = discover_cases(tmp_path, "toy", "train")
+    assert [c.case_id for c in cases] == ["case01"]
+
+
+@pytest.mark.parametrize("target", [".", "..", "../../.."])
+def test_a_link_loop_is_not_followed(tmp_path, target):
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)], "case02": [(1, 1)]})
+    (base / "case01" / "loop").symlink_to(target, target_is_directory=True)
+    with pytest.warns(
+        DataWarning, match=re.escape(str(base / "case01" / "loop")) + ".* again, through a symbolic link"
+    ):
+        cases = discover_cases(tmp_path, "toy", "train")
+    assert [c.case_id for c in cases] == ["case01", "case02"]
+
+
+@pytest.mark.parametrize(
+    "link, target, first, second",
+    [
+        ("case01_copy", "case01", "case01", "case01_copy"),  # one case folder, two names
+        ("a_link", "case01", "a_link", "case01"),  # the link sorts first
+    ],
+)
+def test_a_folder_reached_twice_is_refused(tmp_path, link, target, first, second):
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)]})
+    (base / link).symlink_to(target, target_is_directory=True)
+    pattern = re.escape(f"folder {base / first} is reached twice, also as {base / second} (through a symbolic link)")
+    with pytest.raises(DataError, match=pattern):
+        discover_cases(tmp_path, "toy", "train")
+
+
+def test_a_second_way_to_the_folder_of_cases_is_refused(tmp_path):
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)]})
+    (base.parent / "Copy").symlink_to(base, target_is_directory=True)
+    pattern = re.escape(f"folder {base.parent / 'Copy'} is reached twice, also as {base}")
+    with pytest.raises(DataError, match=pattern):
+        discover_cases(tmp_path, "toy", "train")
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Training/case1", "Training/case01"),
+        ("Training/case01", "Training/Case01"),
+        ("case01", "Training/case001"),  # with and without the Training/ level
+    ],
+)
+def test_two_folders_of_one_case_are_refused(tmp_path, first, second):
+    toy = tmp_path / "training_data_v2" / "toy"
+    write_cases(toy, {first: [(1, 1)], second: [(1, 2)]})
+    names = sorted([first, second])
+    pattern = re.escape(f"case folders {toy / names[0]} and {toy / names[1]} name the same case (")
+    with pytest.raises(DataError, match=pattern):
+        discover_cases(tmp_path, "toy", "train")
+
+
+@pytest.mark.parametrize(
+    "name, pair",
+    [
+        ("Task01_Seg01.nii.gz", (1, 1)),
+        ("TASK02_SEG03.NII.GZ", (2, 3)),
+        ("task01_Seg02.nii", (1, 2)),
+    ],
+)
+def test_a_mask_in_other_letter_case_is_used_with_a_warning(tmp_path, name, pair):
+    folder = write_case(train_folder(tmp_path) / "case01", np.zeros((4, 5)), {})
+    write_nifti(folder / name, square())
+    with pytest.warns(DataWarning, match=re.escape(f"{folder / name}: named in other letter case")):
+        (case,) = discover_cases(tmp_path, "toy", "train")
+    assert case.masks == {pair: folder / name}
+
+
+def test_an_image_in_other_letter_case_is_used_with_a_warning(tmp_path):
+    folder = train_folder(tmp_path) / "case01"
+    write_nifti(folder / "Image.nii.gz", np.full((4, 5), 3.0, np.float32))
+    write_nifti(folder / "task01_seg01.nii.gz", square())
+    with pytest.warns(DataWarning, match=re.escape(f"{folder / 'Image.nii.gz'}: named in other letter case")):
+        (case,) = discover_cases(tmp_path, "toy", "train")
+    assert case.image_path == folder / "Image.nii.gz"
+    loaded = load_case(case, SPEC, task=1)
+    assert np.all(loaded.image == 3.0) and sorted(loaded.masks) == [1]
+
+
+def case_sensitive(path):
+    (path / "a").touch()
+    sensitive = not (path / "A").exists()
+    (path / "a").unlink()
+    return sensitive
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Task01_Seg01.nii.gz", "task01_seg01.nii.gz"),
+        ("task01_seg01.nii.gz", "task1_seg1.nii.gz"),
+        ("task01_seg01.nii", "task01_seg01.nii.gz"),
+        ("task01_seg001.nii.gz", "task001_seg01.nii.gz"),
+    ],
+)
+def test_two_files_of_one_mask_are_refused(tmp_path, first, second):
+    folder = write_case(train_folder(tmp_path) / "case01", np.zeros((4, 5)), {})
+    if not case_sensitive(folder):
+        pytest.skip("the file system ignores letter case")
+    write_nifti(folder / first, square())
+    write_nifti(folder / second, square())
+    first, second = sorted([first, second])  # the order in which the folder is read
+    pattern = re.escape(f"{folder / first} and {folder / second} are both the mask of task 1, expert 1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        with pytest.raises(DataError, match=pattern):
+            discover_cases(tmp_path, "toy", "train")
+
+
+def test_two_images_are_refused(tmp_path):
+    folder = write_case(train_folder(tmp_path) / "case01", np.zeros((4, 5)), {})
+    if not case_sensitive(folder):
+        pytest.skip("the file system ignores letter case")
+    write_nifti(folder / "IMAGE.nii.gz", np.zeros((4, 5)))
+    pattern = re.escape(f"{folder} holds 2 images: IMAGE.nii.gz and image.nii.gz")
+    with pytest.raises(DataError, match=pattern), pytest.warns(DataWarning, match="IMAGE.nii.gz: named in other"):
+        discover_cases(tmp_path, "toy", "train")
+
+
+@pytest.mark.parametrize("name", ["image.nii", "task01-seg01.nii.gz", "mask.NII.GZ", "task01_seg01.nii.gz.nii"])
+def test_a_nifti_that_is_neither_image_nor_mask_warns(tmp_path, name):
+    folder = write_case(train_folder(tmp_path) / "case01", np.zeros((4, 5)), {(1, 1): square()})
+    write_nifti(folder / name, square())
+    with pytest.warns(DataWarning, match=re.escape(f"{folder / name}: a NIfTI file that is neither")):
+        (case,) = discover_cases(tmp_path, "toy", "train")
+    assert list(case.masks) == [(1, 1)]
+
+
+def test_an_unreadable_folder_is_an_error(tmp_path, monkeypatch):
+    """os.walk skips a folder it cannot list unless told otherwise: its cases would be lost silently."""
+    base = write_cases(train_folder(tmp_path), {"case01": [(1, 1)], "case02": [(1, 1)]})
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == str(base / "case02"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)  # chmod does not stop root, who may run the tests
+    with pytest.raises(DataError, match=re.escape(f"cannot read folder {base / 'case02'}: Permission denied")):
         discover_cases(tmp_path, "toy", "train")
