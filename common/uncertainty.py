@@ -10,9 +10,11 @@ they say. The metrics here fill those gaps:
   the *set* of expert masks: it grows when samples are far from the experts (fidelity) and shrinks
   when the samples differ from each other as much as the experts do (diversity), so a model that
   always draws the consensus is penalised on an ambiguous case. Lower is better; 0 for identical sets.
-- **Hungarian-matched IoU** (:func:`hungarian_iou`), as in Baumgartner et al. 2019: the mean IoU of an
-  optimal one-to-one matching between samples and experts. It rewards covering every expert's
-  opinion with some sample. Higher is better; 1 for sets that are permutations of each other.
+- **Hungarian-matched IoU** (:func:`hungarian_iou`), usually attributed to Kohl et al. 2019 (the
+  Hierarchical Probabilistic U-Net) and used e.g. by Kassapis et al. 2021: the mean IoU of an optimal
+  one-to-one matching between samples and experts. It rewards covering every expert's opinion with
+  some sample. Higher is better; 1 for sets that are permutations of each other. (PHiSeg, Baumgartner
+  et al. 2019, reports the GED and a sample-variance NCC; its code holds no Hungarian matching.)
 - **Expected calibration error** (:func:`expected_calibration_error`, Guo et al. 2017) and the
   **Brier score** (:func:`brier_score`, Brier 1950) judge the predicted map against the mean expert
   mask, read as the probability that an expert marks the pixel: are pixels predicted at 0.3 marked
@@ -37,8 +39,12 @@ References:
 
 - S. Kohl et al., "A Probabilistic U-Net for Segmentation of Ambiguous Images", NeurIPS 2018,
   arXiv:1806.05034.
+- S. Kohl et al., "A Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities",
+  arXiv:1905.13077, 2019.
 - C. F. Baumgartner et al., "PHiSeg: Capturing Uncertainty in Medical Image Segmentation",
-  MICCAI 2019, arXiv:1906.04045.
+  MICCAI 2019, arXiv:1906.04045 (code: github.com/baumgach/PHiSeg-code).
+- E. Kassapis et al., "Calibrated Adversarial Refinement for Stochastic Semantic Segmentation",
+  ICCV 2021, arXiv:2006.13144 (code: github.com/EliasKassapis/CARSSS).
 - C. Guo, G. Pleiss, Y. Sun, K. Q. Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
 - G. W. Brier, "Verification of forecasts expressed in terms of probability", Monthly Weather
   Review 78(1), 1950.
@@ -52,6 +58,8 @@ import math
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from common.scoring import PREDICTION_TOLERANCE
 
 #: The metrics of :func:`case_metrics`, in report order.
 METRICS: tuple[str, ...] = ("ged", "hungarian_iou", "ece", "brier", "soft_dice")
@@ -161,13 +169,17 @@ def generalised_energy_distance(references: np.ndarray, samples: np.ndarray) -> 
 def hungarian_iou(references: np.ndarray, samples: np.ndarray) -> float:
     """Mean IoU of an optimal one-to-one matching between experts' masks and samples.
 
-    The matching minimises the total ``1 - IoU`` (``scipy.optimize.linear_sum_assignment``). When the
-    counts differ (``n`` experts, ``m`` samples), both sets are repeated to their least common multiple
-    ``L = lcm(n, m)``: each expert mask appears ``L / n`` times and each sample ``L / m`` times, and the
-    result is the mean IoU over the ``L`` matched pairs. This generalises PHiSeg (Baumgartner et al. 2019),
-    which duplicates the annotations up to the number of samples; so every expert and every sample weighs
-    the same, and a few samples cannot score well by matching only the experts they resemble. The
-    assignment costs ``O(L^3)``: keep ``lcm(n, m)`` in the hundreds (e.g. ``m`` a multiple of ``n``).
+    The metric is usually attributed to Kohl et al. 2019 (the Hierarchical Probabilistic U-Net). The
+    matching minimises the total ``1 - IoU`` (``scipy.optimize.linear_sum_assignment``). A one-to-one
+    matching needs sets of one size. When the counts differ (``n`` experts, ``m`` samples), both sets are
+    repeated to their least common multiple ``L = lcm(n, m)``: each expert mask appears ``L / n`` times
+    and each sample ``L / m`` times, and the result is the mean IoU over the ``L`` matched pairs. When
+    ``m`` is a multiple of ``n`` this is what the code of Kassapis et al. 2021 (CARSSS,
+    ``utils/evaluation_utils.py``) does: it repeats the annotations ``m / n`` times and requires ``m`` to
+    be a multiple of ``n``. Repeating *both* sets to ``lcm(n, m)``, for any two counts, is this project's
+    generalisation. Either way every expert and every sample weighs the same, and a few samples cannot
+    score well by matching only the experts they resemble. The assignment costs ``O(L^3)``: keep
+    ``lcm(n, m)`` in the hundreds (e.g. ``m`` a multiple of ``n``).
 
     Args:
         references: the experts' masks, ``(n, *image_shape)``, bool or 0/1, ``n >= 1``.
@@ -182,17 +194,32 @@ def hungarian_iou(references: np.ndarray, samples: np.ndarray) -> float:
     return float(matrix[rows, cols].mean())
 
 
+def _calibration_bins(p: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each value of ``p`` (float64 in [0, 1]): the number of edges ``b / bins`` (``b >= 1``) that
+    it reaches as the score reads it, ``p >= b / bins - PREDICTION_TOLERANCE``, at most ``bins - 1``."""
+    edges = np.arange(bins + 1, dtype=np.float64) / bins - PREDICTION_TOLERANCE
+    # searchsorted(..., side="right") counts the shifted edges <= p, the first (-tol) always among them
+    return np.minimum(np.searchsorted(edges, p, side="right") - 1, bins - 1)
+
+
 def expected_calibration_error(prediction: np.ndarray, target: np.ndarray, bins: int = DEFAULT_BINS) -> float:
     """Expected calibration error (Guo et al. 2017) of a probability map against a soft target.
 
     The pixels are grouped by their prediction into ``bins`` equal-width bins over [0, 1] (10 by
-    default): bin ``b`` holds ``b / bins <= p < (b + 1) / bins`` (edges computed as ``b / bins`` in
-    float64), the last bin also holds ``p = 1.0``. Then::
+    default): bin ``b`` holds the values that are *at or above* its left edge ``b / bins`` and below the
+    next one, "at or above" read as the QUBIQ score reads it, ``p >= b / bins - tol`` with ``tol`` =
+    :data:`common.scoring.PREDICTION_TOLERANCE` (edges computed as ``b / bins`` in float64). So a map
+    stored as float32, whose 0.7 is 0.699999988, puts that pixel in the bin [0.7, 0.8), where the score
+    counts it as foreground at t = 0.7, and not in [0.6, 0.7) as a plain comparison would: with 10 bins,
+    a pixel's bin is the number of the score's thresholds it reaches. A value more than ``tol`` below an
+    edge stays in the lower bin; 0 is in the first bin and 1.0 in the last (there is no bin above it).
+    Then::
 
         ECE = sum_b (n_b / N) |mean(prediction in b) - mean(target in b)|
 
     where ``n_b`` is the bin's pixel count and ``N`` the case's; empty bins contribute 0. The target is
-    the mean expert mask in [0, 1] (the fraction of experts marking each pixel), not a binary label.
+    the mean expert mask in [0, 1] (the fraction of experts marking each pixel), not a binary label. The
+    means use the values as given: the tolerance only chooses the bin.
 
     All pixels of the case count, and background pixels (predicted near 0, marked by no expert) usually
     dominate ``N``: on images with small structures the ECE is small even for a badly calibrated
@@ -210,8 +237,7 @@ def expected_calibration_error(prediction: np.ndarray, target: np.ndarray, bins:
         raise ValueError("expected_calibration_error: no pixel")
     p = prediction.ravel()
     g = target.ravel()
-    edges = np.arange(bins + 1, dtype=np.float64) / bins
-    index = np.minimum(np.searchsorted(edges, p, side="right") - 1, bins - 1)
+    index = _calibration_bins(p, bins)
     # (n_b / N) |sum_b(p) / n_b - sum_b(g) / n_b| = |sum_b(p) - sum_b(g)| / N, and an empty bin has both sums 0
     gap = np.abs(np.bincount(index, weights=p, minlength=bins) - np.bincount(index, weights=g, minlength=bins))
     return float(gap.sum() / p.size)

@@ -143,6 +143,52 @@ def test_expected_calibration_error_table(prediction, target, bins, expected):
     assert expected_calibration_error(np.array(prediction), np.array(target), bins=bins) == pytest.approx(expected)
 
 
+F32_07, F32_01 = float(np.float32(0.7)), float(np.float32(0.1))  # 0.699999988..., 0.100000001...
+
+
+@pytest.mark.parametrize(
+    "prediction, target, expected",
+    [
+        # float32(0.7) = 0.699999988 is "at or above 0.7" for the score, so it joins 0.75 in [0.7, 0.8):
+        #   |(0.7 + 0.75) - (1 + 0)| / 2 = 0.225   (in [0.6, 0.7) apart from 0.75: (0.3 + 0.75) / 2 = 0.525)
+        ([F32_07, 0.75], [1.0, 0.0], 0.225),
+        # float32(0.1) = 0.100000001 is in [0.1, 0.2) with 0.15:  |0.25 - 1| / 2 = 0.375   (apart: 0.525)
+        ([F32_01, 0.15], [1.0, 0.0], 0.375),
+        # 0.3 exactly (the float64 nearest 0.3, equal to the edge 3 / 10) is in [0.3, 0.4) with 0.35:
+        #   |0.65 - 1| / 2 = 0.175   (apart: (0.7 + 0.35) / 2 = 0.525)
+        ([0.3, 0.35], [1.0, 0.0], 0.175),
+        # 1.0 is in the last bin with 0.95:  |1.95 - 1| / 2 = 0.475   (a bin of its own: (1 + 0.05) / 2 = 0.525)
+        ([1.0, 0.95], [0.0, 1.0], 0.475),
+        # 0.0 is in the first bin with 0.05:  |0.05 - 1| / 2 = 0.475   (apart: (1 + 0.05) / 2 = 0.525)
+        ([0.0, 0.05], [1.0, 0.0], 0.475),
+        # 2e-6 below the edge 0.7 is beyond the tolerance (1e-6): it stays in [0.6, 0.7), apart from 0.75:
+        #   (|0.699998 - 1| + |0.75 - 0|) / 2 = (0.300002 + 0.75) / 2 = 0.525001
+        ([0.7 - 2e-6, 0.75], [1.0, 0.0], 0.525001),
+        # 5e-7 below the edge is within it: [0.7, 0.8) with 0.75:  |1.4499995 - 1| / 2 = 0.22499975
+        ([0.7 - 5e-7, 0.75], [1.0, 0.0], 0.22499975),
+        # 5e-7 below 1.0 is in the last bin as 1.0 is (there is no bin above it):  |1.9499995 - 1| / 2
+        ([1.0 - 5e-7, 0.95], [0.0, 1.0], 0.47499975),
+    ],
+)
+def test_expected_calibration_error_bins_stored_values_as_the_score_reads_them(prediction, target, expected):
+    ece = expected_calibration_error(np.array(prediction), np.array(target))
+    assert ece == pytest.approx(expected, rel=0, abs=1e-7)  # float32 inputs are off by ~1e-8
+
+
+def test_calibration_bin_is_the_number_of_thresholds_the_score_reaches():
+    """With 10 bins, a stored float32 value's bin is the count of the score's thresholds t it reaches
+    (``p >= t - PREDICTION_TOLERANCE``, the comparison of :func:`common.scoring.threshold_dice`)."""
+    from common.scoring import PREDICTION_TOLERANCE, TENTHS
+    from common.uncertainty import _calibration_bins
+
+    stored = np.array(
+        [j / 10 + d for j in range(11) for d in (-2e-6, -5e-7, -1e-7, 0.0, 1e-7, 0.05) if 0 <= j / 10 + d <= 1],
+        np.float32,
+    )
+    reached = sum((stored >= j / 10 - PREDICTION_TOLERANCE).astype(int) for j in TENTHS)
+    assert _calibration_bins(stored.astype(np.float64), 10).tolist() == reached.tolist()
+
+
 def test_expected_calibration_error_default_is_ten_bins():
     # 0.3 (bin 3) and 0.25 (bin 2) are apart with 10 bins (0.525, above); with 5 bins both are in bin 1 -> 0.225
     p, g = np.array([0.3, 0.25]), np.array([0.0, 1.0])
