@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from common.spec import DISTRIBUTE_CHOICES, ConfigError, DatasetSpec, Settings
+from common.spec import DISTRIBUTE_CHOICES, RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, SWITCHES, Switch, apply_switches, preset
 
 DEFAULT_DATA_ROOT = Path("Project_data")
@@ -60,9 +60,16 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         "--data-root",
         type=Path,
         default=None,
-        help=f"folder holding training_data_v2/, validation_data_v2/ and test/ "
+        help=f"folder holding the QUBIQ release as unpacked: 2020 (training_data_v2/, validation_data_v2/, test/) "
+        f"or 2021 (training_data_v3_QC/, validation_data_qubiq2021_QC/, QUBIQ21_test/) "
         f"(default: $QUBIQ_DATA{' = ' + env_root if env_root else ''}, else ./{DEFAULT_DATA_ROOT}; "
         f"with --demo: ./{DEFAULT_DEMO_ROOT}/seed<SEED>)",
+    )
+    parser.add_argument(
+        "--release",
+        choices=RELEASE_NAMES,
+        default=None,
+        help="which QUBIQ release to read when the data root holds both (default: the one there)",
     )
     kinds = demo_kinds(spec)
     parser.add_argument(
@@ -290,9 +297,10 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     Returns the saved settings with any explicit overrides (a differing override is refused later,
     when the run folder's configuration is compared with the resolved one).
     """
+    from common.pipeline import check_resume_folder
+
+    check_resume_folder(args.resume)  # a file, no folder, or a start that died before its config.json
     path = args.resume / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"--resume {args.resume}: not a run folder (no config.json there)")
     try:
         saved = json.loads(path.read_text())
         saved_name = saved["dataset"]["name"]
@@ -314,6 +322,7 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     args.experts = saved["experts"] if args.experts is None else args.experts
     args.data_root = Path(saved["data_root"]) if args.data_root is None else args.data_root
     args.demo = args.demo or demo_kind(saved.get("demo"))
+    args.release = args.release or (saved.get("release") or {}).get("release")
     args.deterministic = args.deterministic or bool(saved.get("deterministic"))
     args.command = saved.get("command")
     if saved.get("kind") == "cross-validation":
@@ -330,6 +339,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not errors
     from common.data import DataError
     from common.pipeline import check_experts, check_task
+    from common.reporting import StorageError
 
     try:
         if args.gather is not None:
@@ -346,6 +356,12 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         check_task(spec, args.task)
         check_experts(spec, args.experts)
         data_root = resolve_data_root(args)
+        if data_root.exists() and not data_root.is_dir():
+            raise ConfigError(f"--data-root {data_root} is a file; expected the folder that holds the QUBIQ release")
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise ConfigError(
+                f"--out {args.out} is a file, not a folder; name a folder for the run (nothing is overwritten)"
+            )
         if args.demo:
             prepare_demo(spec, args.demo, data_root, args.seed)
         extra_config = {"demo": args.demo, "command": args.command, "distribute": args.distribute}
@@ -377,6 +393,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
                 distribute=args.distribute,
                 only_fold=args.fold,
                 train_only=args.train_only,
+                release=args.release,
             )
         if args.fold is not None:
             raise ConfigError("--fold k picks a fold of a cross-validation: give --folds K (or --splits FILE) too")
@@ -400,8 +417,14 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             checkpoint_seconds=args.checkpoint_every,
             distribute=args.distribute,
             train_only=args.train_only,
+            release=args.release,
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except StorageError as error:  # a full disk, a quota, a read-only mount: nothing half-written is left
+        run_dir = args.out or args.resume
+        if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+            error = error.advise(f"continue the run with --resume {run_dir}")
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

@@ -172,6 +172,7 @@ def run_cross_validation(
     only_fold: int | None = None,
     train_only: bool = False,
     distribute: str = "none",
+    release: str | None = None,
 ) -> dict:
     """Train and score the per-expert ensemble in every fold; the QUBIQ score per fold, mean and spread.
 
@@ -191,7 +192,16 @@ def run_cross_validation(
     planned = check_experts(spec, None) if train_only else experts  # the ensemble; a job trains part of it
     if train_only and only_fold is None:
         raise ConfigError("--train-only with --folds needs --fold k: each job trains experts of one fold")
-    cases = discover_cases(data_root, spec.name, "train") + discover_cases(data_root, spec.name, "validation")
+    from common.data import find_release
+    from common.pipeline import training_jobs
+    from common.preflight import check_run_data, collected_warnings
+
+    found: list[str] = []  # the data's warnings: printed now, written to run.log once it exists
+    with collected_warnings(found, log):
+        source = find_release(data_root, release)
+        cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
+            data_root, spec.name, "validation", release=release
+        )
     case_ids = [c.case_id for c in cases]
     if len(set(case_ids)) != len(case_ids):
         raise DataError("the training and validation folders share case names; cross-validation needs unique names")
@@ -209,6 +219,17 @@ def run_cross_validation(
         source = splits_file if splits_file is not None else out / SPLITS_FILE
         raise ConfigError(f"--folds {folds}, but {source} holds {len(split_list)} folds")
     k = len(split_list)
+    # Every case trains in some fold and is held out in another: all are read and checked before anything
+    # is created (each fold's run checks its own cases again, which costs seconds, not a failed fold).
+    checked = check_run_data(
+        spec,
+        task,
+        {"train": cases, "held_out": cases},
+        {job.name: job.heads for job in training_jobs(settings.strategy, planned, seed)},
+        echo=log,
+    )
+    found.extend(w for w in checked.warnings if w not in found)
+    log(checked.summary())
     if only_fold is not None:
         if out is None:
             raise ConfigError("--fold needs --out CV: the cross-validation folder that all fold jobs share")
@@ -230,6 +251,7 @@ def run_cross_validation(
                 "seed": seed,
                 "deterministic": deterministic,
                 "data_root": str(Path(data_root).resolve()),
+                "release": source.to_dict(),
                 "settings": settings.to_dict(),
                 "folds": k,
                 "split_seeded": {"folds": split_list},
@@ -251,7 +273,12 @@ def run_cross_validation(
             {"dataset": spec.name, "seed": seed if splits_file is None else None, "folds": split_list},
         )
     else:
-        cv_dir = prepare_run_dir(out if out is not None else new_run_dir(default_cv_dir(spec, task, k)), spec, task)
+        cv_dir = prepare_run_dir(
+            out if out is not None else new_run_dir(default_cv_dir(spec, task, k)),
+            spec,
+            task,
+            log=lambda line: (log(line), found.append(line)),
+        )
         config["versions"] = versions()
         write_json(cv_dir / "config.json", config)
         write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed if splits_file is None else None)
@@ -261,6 +288,9 @@ def run_cross_validation(
         job_log = f"fold{only_fold}" + "".join(f"-seg{e:02d}" for e in experts if train_only) + ".log"
         runlog = RunLog(cv_dir / "jobs" / job_log, echo=log)
     runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
+    runlog(f"data: {source.describe()}")
+    for line in found:
+        runlog.to_file(line)
     started = time.perf_counter()
     fold_results = []
     from common.gather import gather_run, ready_to_gather
@@ -302,6 +332,7 @@ def run_cross_validation(
                 checkpoint_seconds=checkpoint_seconds,
                 train_only=train_only,
                 distribute=distribute,
+                release=release,
             )
             if not train_only:
                 runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from common.cli import DEMO_KINDS
 from common.comparison import VariantResult, comparison_csv, comparison_rows, format_comparison, paired_comparison
-from common.spec import ConfigError, DatasetSpec, Settings
+from common.spec import RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
 
 #: The dataset scripts at the project's root, by dataset name.
@@ -120,6 +120,7 @@ def run_experiment(
     verbose: int = 0,
     log: Callable[[str], None] = print,
     extra_config: dict | None = None,
+    release: str | None = None,
 ) -> dict:
     """Cross-validate every variant on the same folds and seed and compare each with the first.
 
@@ -128,7 +129,8 @@ def run_experiment(
     """
     from common.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
     from common.data import discover_cases
-    from common.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir
+    from common.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir, training_jobs
+    from common.preflight import check_run_data
     from common.reporting import RunLog, write_atomic, write_json
 
     check_task(spec, task)
@@ -144,6 +146,7 @@ def run_experiment(
         "experts": experts,
         "seed": seed,
         "data_root": str(Path(data_root).resolve()),
+        "release": release,
         "variants": [
             {"name": variant_label(c), "changes": c, "folder": f"variants/{variant_folder(i, c)}"}
             for i, c in enumerate(variants, start=1)
@@ -163,7 +166,21 @@ def run_experiment(
         exp_dir = out
         split_list = read_splits(exp_dir / SPLITS_FILE, spec.name)
     else:
-        cases = discover_cases(data_root, spec.name, "train") + discover_cases(data_root, spec.name, "validation")
+        cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
+            data_root, spec.name, "validation", release=release
+        )
+        # every file every variant reads, checked before the experiment folder is created (common.preflight)
+        check_run_data(
+            spec,
+            task,
+            {"train": cases, "held_out": cases},
+            {
+                f"{s.strategy} {job.name}": job.heads
+                for s in {v.strategy: v for v in settings}.values()
+                for job in training_jobs(s.strategy, experts, seed)
+            },
+            echo=log,
+        )
         case_ids = [c.case_id for c in cases]
         if splits_file is not None:
             split_list = read_splits(splits_file, spec.name, case_ids)
@@ -203,6 +220,7 @@ def run_experiment(
             verbose=verbose,
             log=runlog,
             extra_config={"experiment": str(exp_dir), "variant": changes},
+            release=release,
         )
         results.append(
             VariantResult(
@@ -273,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="use (and generate once) demo data: synthetic (default) or mni152 (brain-growth on real anatomy)",
     )
     parser.add_argument("--data-root", type=Path, default=None, help="QUBIQ data root (as for the scripts)")
+    parser.add_argument(
+        "--release", choices=RELEASE_NAMES, default=None, help="QUBIQ release to read when the data root holds both"
+    )
     parser.add_argument("--experts", default=None, help="experts to train, e.g. 1,2,3 (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the demo data and training")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default: runs/experiments/...)")
@@ -339,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
             plots=not args.no_plots,
             verbose=2 if args.verbose else 0,
             extra_config={"command": command, "demo": args.demo},
+            release=args.release or (saved.get("release") if args.resume is not None else None),
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -50,10 +50,11 @@ from common.pipeline import (
     PREDICTIONS_FOLDER,
     RESULT_FILE,
     RESUME_KEYS,
+    config_differences,
     expert_name,
+    is_run_entry,
     prepare_case,
     report_run,
-    settings_record,
 )
 from common.predictions import prediction_path, read_prediction, write_prediction
 from common.reporting import RunLog
@@ -67,26 +68,6 @@ TRAINING_LOG = "training_log.csv"
 MODEL_FILE = "model.keras"
 #: config.json entries on which all jobs of one run must agree.
 JOB_KEYS = (*RESUME_KEYS, "jobs", "predict_test")
-#: What a run folder may hold when a job joins it; anything else means --out names some other folder.
-RUN_ENTRIES = {
-    CONFIG_FILE,
-    RESULTS_FILE,
-    "dice_matrix.csv",
-    "run.log",
-    JOBS_FOLDER,
-    EXPERTS_FOLDER,
-    PREDICTIONS_FOLDER,
-    "plots",
-    "tensorboard",
-    "splits.json",  # a cross-validation folder joined by fold jobs (common.crossval)
-    "cv_results.json",
-}
-
-
-def _is_run_entry(name: str) -> bool:
-    return name in RUN_ENTRIES or name.startswith(".") or (name.startswith("fold") and name[4:].isdigit())
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The job side (called by run_task with train_only)
 
@@ -107,22 +88,6 @@ def check_job_options(settings: Settings, out: Path | None, resume: bool) -> Non
         )
 
 
-def differences(saved: dict, config: dict, keys: tuple[str, ...]) -> list[str]:
-    """``key: run has X, now Y`` for each differing key, naming the differing entries of a dict value."""
-    found = []
-    for key in keys:
-        old, new = saved.get(key), config.get(key)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            for sub in sorted(set(old) | set(new)):
-                if old.get(sub) != new.get(sub):
-                    found.append(f"{key}.{sub}: run has {old.get(sub)!r}, now {new.get(sub)!r}")
-        else:
-            found.append(f"{key}: run has {old!r}, now {new!r}")
-    return found
-
-
 def check_same_run(saved: dict, config: dict, run_dir: Path) -> None:
     """Refuse to join a run folder made by a one-process run or by a job with another configuration."""
     if saved.get("jobs") is not True:
@@ -130,10 +95,7 @@ def check_same_run(saved: dict, config: dict, run_dir: Path) -> None:
             f"--train-only: {run_dir} is a one-process run folder (made without --train-only); "
             f"continue it with --resume {run_dir}, or give the jobs another --out"
         )
-    # as --resume compares: settings added since the folder was written count at their defaults
-    saved = {**saved, "settings": settings_record(saved.get("settings"))}
-    config = {**config, "settings": settings_record(config.get("settings"))}
-    differing = differences(saved, config, JOB_KEYS)
+    differing = config_differences(saved, config, JOB_KEYS)  # as --resume compares them
     if differing:
         raise ConfigError(
             f"--train-only: {run_dir} was made by a job with another configuration ({'; '.join(differing)}); "
@@ -165,7 +127,7 @@ def open_job_dir(out: Path, config: dict) -> Path:
     if (out / CONFIG_FILE).is_file():
         check_same_run(read_config(out), config, out)
     elif out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not _is_run_entry(p.name))
+        foreign = sorted(p.name for p in out.iterdir() if not is_run_entry(p.name))
         if foreign:
             raise FileExistsError(
                 f"output folder {out} exists and holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
@@ -323,11 +285,11 @@ def spec_from_config(config: dict) -> DatasetSpec:
     return DatasetSpec(**values)
 
 
-def _cases_by_id(data_root: Path, dataset: str, splits: tuple[str, ...]) -> dict[str, Case]:
+def _cases_by_id(data_root: Path, dataset: str, splits: tuple[str, ...], release: str | None = None) -> dict[str, Case]:
     found: dict[str, Case] = {}
     for split in splits:
         try:
-            found.update({c.case_id: c for c in discover_cases(data_root, dataset, split)})
+            found.update({c.case_id: c for c in discover_cases(data_root, dataset, split, release=release)})
         except DataError:
             if split == "train":
                 raise
@@ -390,10 +352,12 @@ def gather_run(
             f"--gather {run_dir}: {CONFIG_FILE} has no split (no job has got as far as loading the data); "
             f"run the jobs first: {job_command(config, run_dir, planned)}"
         )
+    # the release the run used, unless another data root is given (whose layout is then found anew)
+    release = (config.get("release") or {}).get("release") if data_root is None else None
     data_root = Path(data_root if data_root is not None else config["data_root"])
     held_out, validation = list(split["held_out"]), list(split.get("validation", []))
-    by_id = _cases_by_id(data_root, spec.name, ("train", "validation"))
-    test_cases = _cases_by_id(data_root, spec.name, ("test",)) if config.get("predict_test") else {}
+    by_id = _cases_by_id(data_root, spec.name, ("train", "validation"), release)
+    test_cases = _cases_by_id(data_root, spec.name, ("test",), release) if config.get("predict_test") else {}
     test = list(test_cases)
     predicted = held_out + validation + test
 

@@ -6,6 +6,7 @@ its arguments (see :mod:`common.cli`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -16,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data import Case, DataError, LoadedCase, discover_cases, load_case
+from common.data import Case, DataError, LoadedCase, discover_cases
 from common.ensemble import MapAverager
 from common.preprocessing import Geometry, from_input, mask_to_input, normalise_image, to_input
-from common.reporting import RunLog, dice_matrix_csv, format_table, versions, write_atomic, write_json
+from common.reporting import RunLog, dice_matrix_csv, format_table, retrain_hint, versions, write_atomic, write_json
 from common.scoring import score_cases
 from common.spec import ConfigError, DatasetSpec, Settings
 
@@ -76,12 +77,91 @@ def default_run_dir(spec: DatasetSpec, task: int) -> Path:
     return Path("runs") / f"{spec.name}-task{task}-{stamp}"
 
 
-def prepare_run_dir(out: Path | None, spec: DatasetSpec, task: int) -> Path:
-    """Create the run folder before any work, so an unwritable location fails at once."""
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"output folder {out} exists and is not empty; choose another --out (runs are never overwritten)"
-        )
+#: Files that show a network was trained, or partly trained, in a folder (or a run was scored): a folder
+#: holding one is never reused as a new run's folder.
+TRAINED_FILES = ("result.json", "model.keras", "backup.keras", "backup.json", "results.json", "cv_results.json")
+#: What a start of a run writes at the top of its folder before any network has trained (and what jobs,
+#: folds and experiments add); a folder holding anything else is someone else's, never reused.
+RUN_ENTRIES = {
+    "config.json",
+    "results.json",
+    "dice_matrix.csv",
+    "cv_results.json",
+    "run.log",
+    "splits.json",
+    "jobs",
+    EXPERTS_FOLDER,
+    "network",
+    "predictions",
+    "plots",
+    "tensorboard",
+    "variants",
+    "comparison.md",
+    "comparison.csv",
+    "comparison.json",
+}
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether a top-level name of a folder is one that a run (job, fold, experiment) writes."""
+    return name in RUN_ENTRIES or name.startswith(".") or (name.startswith("fold") and name[4:].isdigit())
+
+
+def trained_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` that show a network was trained or a run scored (:data:`TRAINED_FILES`)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.name in TRAINED_FILES)
+
+
+def failed_start(folder: Path) -> list[str] | None:
+    """What a start that failed or was killed before training any network left in ``folder``, or None.
+
+    None when ``folder`` holds a trained (or partly trained) network, a scored run, or anything no
+    run writes: such a folder is never reused. Otherwise the names it holds (possibly none).
+    """
+    names = sorted(p.name for p in Path(folder).iterdir())
+    if any(not is_run_entry(name) for name in names) or trained_files(folder):
+        return None
+    return names
+
+
+def check_no_live_lock(folder: Path) -> None:
+    """Refuse a folder in which a running process holds a network's lock (:mod:`common.locks`)."""
+    from common.locks import LOCK_FILE, NetworkLock
+
+    for path in sorted(Path(folder).rglob(LOCK_FILE)):
+        with NetworkLock(path, f"{path.parent.name} in {folder}"):
+            pass  # refuses, naming the holder, when a live process holds it
+
+
+def prepare_run_dir(out: Path | None, spec: DatasetSpec, task: int, log: Callable[[str], None] | None = print) -> Path:
+    """Create the run folder before any work, so an unwritable location fails at once.
+
+    ``out`` may exist when an earlier start of a run failed or was killed before any network trained
+    (:func:`failed_start`): it is then reused, and ``log`` says so. Any other non-empty folder is refused:
+    runs are never overwritten.
+    """
+    if out is not None and out.exists():
+        if not out.is_dir():
+            raise ConfigError(
+                f"--out {out} is a file, not a folder; name a folder for the run (nothing is overwritten)"
+            )
+        left = failed_start(out)
+        if left is None:
+            hint = (
+                f"; to continue the run in it, use --resume {out}"
+                if (out / "config.json").is_file() and not (out / "results.json").is_file()
+                else ""
+            )
+            raise FileExistsError(
+                f"output folder {out} exists and is not empty; choose another --out (runs are never overwritten)" + hint
+            )
+        if left:
+            check_no_live_lock(out)
+            if log is not None:
+                log(
+                    f"reusing output folder {out}: an earlier start left it without any trained network "
+                    f"({', '.join(left[:6])}{' ...' if len(left) > 6 else ''}); starting anew in it"
+                )
     run_dir = out if out is not None else new_run_dir(default_run_dir(spec, task))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +171,43 @@ def prepare_run_dir(out: Path | None, spec: DatasetSpec, task: int) -> Path:
     except OSError as error:
         raise PermissionError(f"cannot write to output folder {run_dir}: {error.strerror or error}") from error
     return run_dir
+
+
+def check_saved_networks(run_dir: Path, folders: list[str], what: str = "--resume") -> None:
+    """Refuse before any training when a saved network the run would load is truncated or unreadable.
+
+    A ``.keras`` file is a zip archive; its central directory and every member's checksum are read
+    (cheap next to loading it into a network, and it needs no TensorFlow). Each bad file is named with
+    the way to train just that network anew.
+    """
+    import zipfile
+
+    problems = []
+    for folder in folders:
+        network = Path(run_dir) / folder
+        wanted = []
+        if (network / "result.json").is_file():
+            wanted.append(network / "model.keras")
+        if (network / "backup.json").is_file():
+            wanted.append(network / "backup.keras")
+        for path in wanted:
+            reason = None
+            if not path.is_file():
+                reason = "missing"
+            else:
+                try:
+                    with zipfile.ZipFile(path) as archive:
+                        bad = archive.testzip()
+                    reason = f"member {bad} is corrupt" if bad else None
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+                    reason = f"truncated or corrupt: {error}"
+            if reason:
+                hint = retrain_hint(run_dir, network, what)
+                problems.append(f"{path} cannot be read ({reason}); to train that network anew: {hint}")
+    if len(problems) == 1:
+        raise DataError(f"{what} {run_dir}: {problems[0]}")
+    if problems:
+        raise DataError(f"{what} {run_dir}: {len(problems)} saved networks are unreadable:\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -272,13 +389,61 @@ def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, lis
     return roles
 
 
-def open_run_dir(out: Path | None, spec: DatasetSpec, task: int, resume: bool) -> Path:
-    """The run folder: a new one, or with ``resume`` the existing one holding ``config.json``."""
+def open_run_dir(
+    out: Path | None, spec: DatasetSpec, task: int, resume: bool, log: Callable[[str], None] | None = print
+) -> Path:
+    """The run folder: a new one (or one a failed start left, reused), or with ``resume`` the existing
+    one holding ``config.json``."""
     if not resume:
-        return prepare_run_dir(out, spec, task)
-    if out is None or not (out / "config.json").is_file():
-        raise ConfigError(f"--resume {out}: not a run folder (no config.json there)")
+        return prepare_run_dir(out, spec, task, log)
+    check_resume_folder(out)
     return out
+
+
+def network_locks(run_dir: Path, jobs: list[TrainingJob]) -> contextlib.ExitStack:
+    """Hold the lock of every network this process trains (:mod:`common.locks`), released on exit.
+
+    Taken before anything of the networks is written (their logs, the job's log), so that a second
+    process meant to train one of them refuses, naming the first, instead of training it too.
+    """
+    from common.locks import LOCK_FILE, NetworkLock
+
+    stack = contextlib.ExitStack()
+    try:
+        for job in jobs:
+            folder = Path(run_dir) / job.folder
+            if not folder.is_dir():  # made for the lock: removed again if nothing else was put in it
+                folder.mkdir(parents=True)
+                stack.callback(_remove_if_empty, folder, Path(run_dir))
+            stack.enter_context(NetworkLock(folder / LOCK_FILE, f"{job.name} of {run_dir}"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _remove_if_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (excluded) while they are empty."""
+    while folder != top and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def check_resume_folder(out: Path | None) -> None:
+    """Refuse ``--resume`` of a folder that is not a run folder, saying why and what to do instead."""
+    if out is None or not out.exists():
+        raise ConfigError(f"--resume {out}: not a run folder (no such folder)")
+    if not out.is_dir():
+        raise ConfigError(f"--resume {out} is a file, not a run folder")
+    if (out / "config.json").is_file():
+        return
+    if failed_start(out) is not None:
+        raise ConfigError(
+            f"--resume {out}: not a run folder (no config.json there): the start that made it stopped before "
+            "writing its configuration and trained no network, so there is nothing to resume; run that start's "
+            f"command again (with --out {out}, the folder is reused)"
+        )
+    raise ConfigError(f"--resume {out}: not a run folder (no config.json there)")
 
 
 def settings_record(values: dict | None) -> dict | None:
@@ -292,14 +457,41 @@ def settings_record(values: dict | None) -> dict | None:
         return values  # unreadable: compared as it is, and reported as differing
 
 
-def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
-    """Refuse to resume a run folder made for another dataset, task or configuration."""
+def config_differences(saved: dict, config: dict, keys: tuple[str, ...]) -> list[str]:
+    """``key: old -> new`` for each differing key, naming only the differing entries of a dict value.
+
+    Saved settings are first completed with the fields added since (:func:`settings_record`), so a
+    folder written before a setting existed differs only where it really does.
+    """
     saved = {**saved, "settings": settings_record(saved.get("settings"))}
     config = {**config, "settings": settings_record(config.get("settings"))}
-    differing = [key for key in RESUME_KEYS if saved.get(key) != config.get(key)]
+    found = []
+    for key in keys:
+        old, new = saved.get(key), config.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new)):
+                if old.get(sub) != new.get(sub):
+                    found.append(f"{key}.{sub}: {_shown(old.get(sub))} -> {_shown(new.get(sub))}")
+        else:
+            found.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+    return found
+
+
+def _shown(value, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
+    """Refuse to resume a run folder made for another dataset, task or configuration."""
+    differing = config_differences(saved, config, RESUME_KEYS)
     if differing:
-        details = "; ".join(f"{key}: run has {saved.get(key)!r}, now {config.get(key)!r}" for key in differing)
-        raise ConfigError(f"--resume {run_dir}: the run folder was made with another configuration ({details})")
+        raise ConfigError(
+            f"--resume {run_dir}: the run folder was made with another configuration ({'; '.join(differing)}); "
+            "a resumed run keeps its options (leave out the differing ones, or start a new run)"
+        )
 
 
 def _json_ready(value):
@@ -328,6 +520,7 @@ def run_task(
     checkpoint_seconds: float | None = None,
     train_only: bool = False,
     distribute: str = "none",
+    release: str | None = None,
 ) -> dict:
     """Train one network per expert for ``task``, ensemble them on the held-out cases and score them.
 
@@ -340,8 +533,15 @@ def run_task(
     :mod:`common.crossval`: case ids under ``train``, ``validation`` and ``held_out``, drawn from
     both the training and the validation folders) replaces that choice.
 
+    Before anything is created, every file the run uses is read and checked, and every problem is
+    reported at once (:func:`common.preflight.check_run_data`); ``release`` picks the QUBIQ release
+    when ``data_root`` holds both (:func:`common.data.find_release`). ``out`` may be a folder that a
+    start left without any trained network: it is reused (:func:`prepare_run_dir`). Each network this
+    call trains holds its lock (:func:`network_locks`) from before its first file is written.
+
     With ``resume``, ``out`` is an interrupted run folder: finished experts are reused, an interrupted
-    one continues from its last epoch.
+    one continues from its last epoch; a saved network that cannot be read is refused before anything
+    trains (:func:`check_saved_networks`).
 
     ``distribute`` (``"none"`` or ``"mirrored"``) is how each network trains on the local devices
     (:func:`common.training.train_expert`); a runtime choice, recorded through ``extra_config`` by the
@@ -364,15 +564,22 @@ def run_task(
 
         check_job_options(settings, out, resume)
         planned = check_experts(spec, None)
-    train_cases = discover_cases(data_root, spec.name, "train")
-    try:
-        validation_cases = discover_cases(data_root, spec.name, "validation")
-    except DataError as error:
-        if split is not None:
-            raise
-        log(f"warning: {error}; the best epoch is chosen by training loss")
-        validation_cases = []
-    test_cases = discover_cases(data_root, spec.name, "test") if predict_test else []
+    from common.data import find_release
+    from common.preflight import check_run_data, collected_warnings
+
+    found: list[str] = []  # the data's warnings: printed now, written to the run's log once it exists
+    with collected_warnings(found, log):
+        source = find_release(data_root, release)
+        train_cases = discover_cases(data_root, spec.name, "train", release=release)
+        try:
+            validation_cases = discover_cases(data_root, spec.name, "validation", release=release)
+        except DataError as error:
+            if split is not None:
+                raise
+            found.append(f"warning: {error}; the best epoch is chosen by training loss")
+            log(found[-1])
+            validation_cases = []
+        test_cases = discover_cases(data_root, spec.name, "test", release=release) if predict_test else []
     if split is None:
         held_out = choose_held_out([c.case_id for c in train_cases], spec.n_held_out, seed)
         roles = {
@@ -385,6 +592,37 @@ def run_task(
         roles = check_split(split, train_cases + validation_cases)
         held_out = roles["held_out"]
         split_record = roles
+    by_id = {c.case_id: c for c in train_cases + validation_cases}
+    jobs = training_jobs(settings.strategy, experts, seed)
+    # Every file the run uses is read and checked before anything is created (common.preflight).
+    checked = check_run_data(
+        spec,
+        task,
+        {role: [by_id[i] for i in ids] for role, ids in roles.items()},
+        {job.name: job.heads for job in training_jobs(settings.strategy, planned, seed)},
+        test_cases,
+        echo=log,
+    )
+    found.extend(w for w in checked.warnings if w not in found)
+    log(checked.summary())
+
+    def prepared(role: str) -> list[PreparedCase]:
+        keep = role == "held_out"
+        return [prepare_case(checked.loaded[i], settings, keep_original=keep) for i in roles[role]]
+
+    pool, validation, scored = prepared("train"), prepared("validation"), prepared("held_out")
+    test = [
+        prepare_case(
+            LoadedCase(c, *checked.test_images[c.case_id][:1], {}, checked.test_images[c.case_id][1]),
+            settings,
+            keep_original=False,
+        )
+        for c in test_cases
+    ]
+    record = Split([c.case.case_id for c in pool], [c.case.case_id for c in validation], held_out)
+    for name, parts in per_expert_cases(pool, validation, planned).items():
+        record.per_expert[name] = parts
+
     config = {
         "dataset": spec.to_dict(),
         "task": task,
@@ -393,6 +631,7 @@ def run_task(
         "seed": seed,
         "deterministic": deterministic,
         "data_root": str(Path(data_root).resolve()),
+        "release": source.to_dict(),
         "settings": settings.to_dict(),
         "split_seeded": split_record,
         **({"jobs": True, "predict_test": predict_test} if train_only else {}),
@@ -400,155 +639,145 @@ def run_task(
     }
     config = _json_ready(config)
     if train_only:
-        from common.gather import job_log_path, open_job_dir
+        from common.gather import claim_config, expert_complete, job_log_path, open_job_dir
 
         run_dir = open_job_dir(out, config)
     else:
-        run_dir = open_run_dir(out, spec, task, resume)
+        run_dir = open_run_dir(out, spec, task, resume, log=lambda line: (log(line), found.append(line)))
     if resume:
         check_resumable(json.loads((run_dir / "config.json").read_text()), config, run_dir)
-    runlog = RunLog(job_log_path(run_dir, experts) if train_only else run_dir / "run.log", echo=log)
-    opening = f"{spec.title}, task {task} ({spec.task_name(task)}): " + (
-        f"job training {', '.join(map(expert_name, experts))} in run folder {run_dir}"
-        if train_only
-        else f"{'resuming' if resume else 'new'} run folder {run_dir}"
-    )
-    (log if train_only else runlog)(opening)  # a job writes its log once it has joined the run, below
-
+    check_saved_networks(run_dir, [job.folder for job in jobs], "--resume" if not train_only else "--train-only")
     # Training imports TensorFlow; everything above fails fast without it.
     from common import training
 
-    if checkpoint_seconds is None:
-        checkpoint_seconds = training.CHECKPOINT_SECONDS
-    from common.predictions import prediction_path, write_prediction
-
-    training.seed_everything(seed, deterministic)
-    config["versions"] = versions()
-    if not train_only:  # a job writes the shared config.json once its split is known, below
-        write_json(run_dir / "config.json", config)
-
-    held = set(held_out)
-    by_id = {c.case_id: c for c in train_cases + validation_cases}
-
-    def prepared(role: str) -> list[PreparedCase]:
-        keep = role == "held_out"
-        return [prepare_case(load_case(by_id[i], spec, task), settings, keep_original=keep) for i in roles[role]]
-
-    pool, validation, scored = prepared("train"), prepared("validation"), prepared("held_out")
-    test = [prepare_case(load_case(c, spec, task), settings, keep_original=False) for c in test_cases]
-    unscorable = [c.case.case_id for c in scored if c.original_masks is None]
-    if unscorable:
-        raise DataError(f"held-out case(s) {', '.join(unscorable)} have no mask for task {task}: cannot score them")
-
-    record = Split([c.case.case_id for c in pool], [c.case.case_id for c in validation], held_out)
-    predicted = scored + validation + test
-    predicted_images = np.stack([c.image for c in predicted])
-    predictions_root = run_dir / PREDICTIONS_FOLDER
-    averager = MapAverager()
-    held_maps: dict[str, dict[str, np.ndarray]] = {}
-    trained: dict[str, training.TrainedExpert] = {}
-    for name, parts in per_expert_cases(pool, validation, planned).items():
-        record.per_expert[name] = parts
-    if train_only:
-        from common.gather import claim_config, expert_complete
-
-        claim_config(run_dir, {**config, "split": record.to_dict()})
-        runlog.to_file(opening)
-    jobs = training_jobs(settings.strategy, experts, seed)
-    started = time.perf_counter()
-    for number, job in enumerate(jobs, start=1):
-        folder = run_dir / job.folder
-        prefix = f"[{job.kind} {number}/{len(jobs)}] {job.name}"
-        if train_only and expert_complete(run_dir, spec.name, task, job.heads[0], [c.case.case_id for c in predicted]):
-            runlog(f"{prefix}: already trained and predicted ({RESULT_FILE} and its maps), nothing to do")
-            continue
-        if (folder / RESULT_FILE).is_file():
-            result = training.TrainedExpert(**json.loads((folder / RESULT_FILE).read_text()))
-            result.model_path = folder / training.MODEL_FILE
-            runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
-        else:
-            train_arrays, train_available = job_targets(settings.strategy, pool, job.heads)
-            if train_arrays is None:
-                raise DataError(f"{job.name} has no mask for task {task} in any training case of {spec.name}")
-            validation_arrays, validation_available = job_targets(settings.strategy, validation, job.heads)
-            interrupted = (folder / training.BACKUP_STATE).is_file()
-            runlog(
-                f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
-                f"on {len(train_arrays[0])} cases, validating on "
-                f"{0 if validation_arrays is None else len(validation_arrays[0])} "
-                f"(elapsed {time.perf_counter() - started:.0f} s)"
-            )
-            result = training.train_expert(
-                job.label,
-                train_arrays,
-                validation_arrays,
-                settings,
-                folder,
-                seed=job.seed,
-                verbose=verbose,
-                log=runlog.to_file,
-                tensorboard_dir=run_dir / "tensorboard" / job.name if tensorboard else None,
-                checkpoint_seconds=checkpoint_seconds,
-                available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
-                distribute=distribute,
-            )
-            training.finish_expert(folder, result, RESULT_FILE)
-            resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
-            runlog(
-                f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
-                f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
-            )
-        trained[job.name] = result
-        on_grid = training.predict(result.model_path, predicted_images, settings.batch_size, settings, len(job.heads))
-        for channel, expert in enumerate(job.heads):
-            name = expert_name(expert) if expert is not None else None
-            if name is not None:
-                held_maps[name] = {}
-            for case, grid_map in zip(predicted, on_grid[..., channel], strict=True):
-                probability = from_input(grid_map, case.geometry)
-                averager.add(case.case.case_id, probability)
-                if name is None:
-                    continue  # soft-label: the network's map is the prediction itself
-                write_prediction(
-                    prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
-                    probability,
-                    case.reference,
-                )
-                if case.case.case_id in held:
-                    held_maps[name][case.case.case_id] = probability
-
-    if train_only:
-        from common.gather import finish_job
-
-        return finish_job(run_dir, spec, task, planned, experts, [c.case.case_id for c in predicted], runlog)
-    ensemble_all = averager.mean()
-    for case in predicted:
-        write_prediction(
-            prediction_path(predictions_root, spec.name, case.case.case_id, task),
-            ensemble_all[case.case.case_id],
-            case.reference,
+    if train_only:  # all jobs of the run write (or find) the same config.json, before any takes a lock
+        claim_config(run_dir, {**config, "versions": versions(), "split": record.to_dict()})
+    locks = network_locks(run_dir, jobs)  # before any log or file of theirs is written
+    with locks:
+        runlog = RunLog(job_log_path(run_dir, experts) if train_only else run_dir / "run.log", echo=log)
+        opening = f"{spec.title}, task {task} ({spec.task_name(task)}): " + (
+            f"job training {', '.join(map(expert_name, experts))} in run folder {run_dir}"
+            if train_only
+            else f"{'resuming' if resume else 'new'} run folder {run_dir}"
         )
-    config["split"] = record.to_dict()
-    write_json(run_dir / "config.json", config)
-    return report_run(
-        run_dir,
-        spec,
-        settings,
-        task,
-        scored,
-        {case_id: ensemble_all[case_id] for case_id in held_out},
-        held_maps,
-        {name: {k: v for k, v in result.to_dict().items() if k != "expert"} for name, result in trained.items()},
-        {
-            "folder": str(predictions_root),
-            "held_out": held_out,
-            "validation": record.validation,
-            "test": [c.case.case_id for c in test],
-        },
-        time.perf_counter() - started,
-        runlog,
-        {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs} if plots else None,
-    )
+        config["versions"] = versions()
+        if not train_only:
+            write_json(run_dir / "config.json", {**config, "split": record.to_dict()})
+        runlog(opening)
+        runlog(f"data: {source.describe()}")
+        for line in found:
+            runlog.to_file(line)
+        runlog.to_file(checked.summary())
+        if checkpoint_seconds is None:
+            checkpoint_seconds = training.CHECKPOINT_SECONDS
+        from common.predictions import prediction_path, write_prediction
+
+        training.seed_everything(seed, deterministic)
+        held = set(held_out)
+        predicted = scored + validation + test
+        predicted_images = np.stack([c.image for c in predicted])
+        predictions_root = run_dir / PREDICTIONS_FOLDER
+        averager = MapAverager()
+        held_maps: dict[str, dict[str, np.ndarray]] = {}
+        trained: dict[str, training.TrainedExpert] = {}
+        started = time.perf_counter()
+        for number, job in enumerate(jobs, start=1):
+            folder = run_dir / job.folder
+            prefix = f"[{job.kind} {number}/{len(jobs)}] {job.name}"
+            if train_only and expert_complete(
+                run_dir, spec.name, task, job.heads[0], [c.case.case_id for c in predicted]
+            ):
+                runlog(f"{prefix}: already trained and predicted ({RESULT_FILE} and its maps), nothing to do")
+                continue
+            if (folder / RESULT_FILE).is_file():
+                result = training.TrainedExpert(**json.loads((folder / RESULT_FILE).read_text()))
+                result.model_path = folder / training.MODEL_FILE
+                runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
+            else:
+                train_arrays, train_available = job_targets(settings.strategy, pool, job.heads)
+                if train_arrays is None:  # the data check refuses this before anything is created
+                    raise DataError(f"{job.name} has no mask for task {task} in any training case of {spec.name}")
+                validation_arrays, validation_available = job_targets(settings.strategy, validation, job.heads)
+                interrupted = (folder / training.BACKUP_STATE).is_file()
+                runlog(
+                    f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
+                    f"on {len(train_arrays[0])} cases, validating on "
+                    f"{0 if validation_arrays is None else len(validation_arrays[0])} "
+                    f"(elapsed {time.perf_counter() - started:.0f} s)"
+                )
+                result = training.train_expert(
+                    job.label,
+                    train_arrays,
+                    validation_arrays,
+                    settings,
+                    folder,
+                    seed=job.seed,
+                    verbose=verbose,
+                    log=runlog.to_file,
+                    tensorboard_dir=run_dir / "tensorboard" / job.name if tensorboard else None,
+                    checkpoint_seconds=checkpoint_seconds,
+                    available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
+                    distribute=distribute,
+                )
+                training.finish_expert(folder, result, RESULT_FILE)
+                resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+                runlog(
+                    f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
+                    f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
+                )
+            trained[job.name] = result
+            on_grid = training.predict(
+                result.model_path, predicted_images, settings.batch_size, settings, len(job.heads)
+            )
+            for channel, expert in enumerate(job.heads):
+                name = expert_name(expert) if expert is not None else None
+                if name is not None:
+                    held_maps[name] = {}
+                for case, grid_map in zip(predicted, on_grid[..., channel], strict=True):
+                    probability = from_input(grid_map, case.geometry)
+                    averager.add(case.case.case_id, probability)
+                    if name is None:
+                        continue  # soft-label: the network's map is the prediction itself
+                    write_prediction(
+                        prediction_path(predictions_root, spec.name, case.case.case_id, task, expert),
+                        probability,
+                        case.reference,
+                    )
+                    if case.case.case_id in held:
+                        held_maps[name][case.case.case_id] = probability
+
+        if train_only:
+            from common.gather import finish_job
+
+            return finish_job(run_dir, spec, task, planned, experts, [c.case.case_id for c in predicted], runlog)
+        ensemble_all = averager.mean()
+        for case in predicted:
+            write_prediction(
+                prediction_path(predictions_root, spec.name, case.case.case_id, task),
+                ensemble_all[case.case.case_id],
+                case.reference,
+            )
+        config["split"] = record.to_dict()
+        write_json(run_dir / "config.json", config)
+        return report_run(
+            run_dir,
+            spec,
+            settings,
+            task,
+            scored,
+            {case_id: ensemble_all[case_id] for case_id in held_out},
+            held_maps,
+            {name: {k: v for k, v in result.to_dict().items() if k != "expert"} for name, result in trained.items()},
+            {
+                "folder": str(predictions_root),
+                "held_out": held_out,
+                "validation": record.validation,
+                "test": [c.case.case_id for c in test],
+            },
+            time.perf_counter() - started,
+            runlog,
+            {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs} if plots else None,
+        )
 
 
 def report_run(

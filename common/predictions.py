@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data import DataError, natural_key, read_nifti
+from common.reporting import replaced_atomically
 
 EXPERTS_SUBFOLDER = "experts"
 ENSEMBLE_PATTERN = re.compile(r"^task(\d+)\.nii(\.gz)?$")
@@ -103,11 +104,8 @@ def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1I
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
+    with replaced_atomically(path, tmp):  # a full disk: no partial map, a StorageError naming it
         nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,9 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from common.augmentation import Augmentation, random_transform
+from common.data import DataError
 from common.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
 from common.models import build_unet
-from common.reporting import write_atomic
+from common.reporting import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
 
 MODEL_FILE = "model.keras"
@@ -361,10 +361,14 @@ def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, r
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save`` into a temporary ``.keras`` file, then rename: never a truncated model file."""
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """``model.save`` into a temporary ``.keras`` file, fsync, then rename: never a truncated model file.
+
+    As in :func:`common.reporting.write_atomic`: any failure removes the temporary file and leaves ``path``
+    as it was, and an ``OSError`` (a full disk) becomes a :class:`~common.reporting.StorageError` naming it.
+    """
+    path = Path(path)
+    with replaced_atomically(path, path.with_name(f".{path.stem}.partial.keras")) as tmp:
+        model.save(tmp)
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -453,8 +457,10 @@ class EpochRecorder(keras.callbacks.Callback):
         if self._best_weights is not None:
             current = self.model.get_weights()
             self.model.set_weights(self._best_weights)
-            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
-            self.model.set_weights(current)
+            try:
+                save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+            finally:  # a failed save (full disk) must not leave the best weights in the training network
+                self.model.set_weights(current)
             self._best_weights = None
         save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
         write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch, "best": self.best}) + "\n")
@@ -609,7 +615,7 @@ def _train(
     if state_path.is_file() and backup_path.is_file():
         state = json.loads(state_path.read_text())
         first_epoch, best = int(state["epoch"]), float(state["best"])
-        model = keras.saving.load_model(backup_path)
+        model = load_saved(backup_path, compile=True)
         log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
     elif replicas == 1:
         model = NETWORKS.network(settings, train[0].shape[-1], train[1].shape[-1], keras.config.dtype_policy().name)
@@ -684,6 +690,24 @@ def _train(
     )
 
 
+def unreadable_network(path: Path, error: BaseException) -> DataError:
+    """The refusal for a saved network that cannot be loaded: names the file and how to retrain it."""
+    network = Path(path).parent
+    run_dir = network.parent.parent if network.parent.name == "experts" else network.parent
+    return DataError(
+        f"{path} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); to train that network anew: "
+        f"{retrain_hint(run_dir, network)}"
+    )
+
+
+def load_saved(path: Path, compile: bool) -> keras.Model:
+    """``keras.saving.load_model``, with a truncated or corrupt file refused by name (:func:`unreadable_network`)."""
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
+        raise unreadable_network(path, error) from error
+
+
 def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> None:
     """Mark an expert complete (``result.json``) and drop its resume backup."""
     write_atomic(out_dir / result_file, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -707,9 +731,12 @@ def predict(
     Prediction is not distributed.
     """
     if settings is not None and NETWORKS.holds(settings, images.shape[-1], outputs):
-        NETWORKS.model.load_weights(model_path)
+        try:
+            NETWORKS.model.load_weights(model_path)
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds for a bad file
+            raise unreadable_network(model_path, error) from error
         return NETWORKS.model.predict(images, batch_size=batch_size, verbose=0)
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_saved(model_path, compile=False)
     maps = model.predict(images, batch_size=batch_size, verbose=0)
     keras.backend.clear_session()
     return maps

@@ -109,7 +109,7 @@ def test_malformed_options(bad):
 
 def test_resume_needs_a_run_folder(tmp_path):
     result = run_script("--resume", str(tmp_path / "nothing"))
-    assert result.returncode == 2 and "not a run folder (no config.json there)" in result.stderr
+    assert result.returncode == 2 and "nothing: not a run folder (no such folder)" in result.stderr
 
 
 def test_resume_refuses_another_dataset(tmp_path):
@@ -150,3 +150,41 @@ def test_demo_kinds():
     assert demo_kind(True) == "synthetic" and demo_kind("mni152") == "mni152" and demo_kind(False) is None
     result = run_script("--demo", "mni152")
     assert result.returncode == 2 and "--demo: invalid choice: 'mni152'" in result.stderr
+
+
+def refusal(argv, capsys):
+    """``Prostate.py ARGV`` in this process: the exit status and what it printed to stderr."""
+    from common.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(Prostate.DATASET, Prostate.STUDY, Prostate.DEMO, 1, argv)
+    return caught.value.code, capsys.readouterr().err
+
+
+def folder_with(path, **files):
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (path / name.replace("__", ".")).write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda t: ["--out", str(folder_with(t / "d") / "file"), "--data-root", str(t)], "--out {t}/d/file is a file"),
+        (lambda t: ["--data-root", str(t / "d" / "file")], "--data-root {t}/d/file is a file"),
+        (lambda t: ["--resume", str(folder_with(t / "run", run__log="x"))], "stopped before writing its configuration"),
+        (lambda t: ["--resume", str(t / "d" / "file")], "--resume {t}/d/file is a file, not a run folder"),
+        (lambda t: ["--data-root", str(folder_with(t / "training_data_v3_QC" / "prostate", x=""))], "pass --data-root"),
+    ],
+)
+def test_refusals_are_one_line_naming_the_option(tmp_path, capsys, make, expected):
+    (tmp_path / "d").mkdir(exist_ok=True)
+    (tmp_path / "d" / "file").write_text("mine")
+    argv = make(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, error = refusal(argv, capsys)
+    assert code == 2 and "Traceback" not in error
+    assert expected.format(t=tmp_path) in error and len(error.strip().splitlines()) == 1, error
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created or changed
+    assert (tmp_path / "d" / "file").read_text() == "mine"
