@@ -6,6 +6,7 @@ The study's plain deep U-Net (no ConvLSTM: it did not help here) with strong spa
 
 from common.cli import main
 from common.spec import DatasetSpec, Settings
+from common.switches import demo_settings
 
 task = 1  # brain-growth has a single task
 
@@ -39,8 +40,8 @@ STUDY = Settings(
 )
 
 # CPU-sized defaults for --demo (a few minutes on 2 cores).
-DEMO = STUDY.replace(
-    input_size=128, depth=4, base_filters=8, dropout_rate=0.2, batch_size=2, learning_rate=1e-3, epochs=30
+DEMO = demo_settings(
+    STUDY, input_size=128, depth=4, base_filters=8, dropout_rate=0.2, batch_size=2, learning_rate=1e-3, epochs=30
 )
 
 if __name__ == "__main__":

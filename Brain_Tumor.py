@@ -7,6 +7,7 @@ score handles (both empty = Dice 1).
 
 from common.cli import main
 from common.spec import DatasetSpec, Settings
+from common.switches import demo_settings
 
 task = 1  # 1, 2 or 3
 
@@ -40,7 +41,7 @@ STUDY = Settings(
 )
 
 # CPU-sized defaults for --demo (a few minutes on 2 cores).
-DEMO = STUDY.replace(input_size=128, depth=4, base_filters=8, batch_size=2, learning_rate=1e-3, epochs=40)
+DEMO = demo_settings(STUDY, input_size=128, depth=4, base_filters=8, batch_size=2, learning_rate=1e-3, epochs=40)
 
 if __name__ == "__main__":
     main(DATASET, STUDY, DEMO, task)

@@ -1,14 +1,20 @@
-"""The study's training losses (smoothed soft Dice per image, optionally plus BCE) and a hard Dice metric.
+"""The study's training losses (soft Dice per image, optionally plus BCE) and a hard Dice metric.
 
 ``make_loss`` maps the study's ``--loss`` switch to a loss: ``"dice"`` gives ``SoftDiceLoss``,
-``"dice+bce"`` gives ``SoftDiceBCELoss`` (the same soft Dice plus binary cross-entropy).
+``"dice+bce"`` gives ``SoftDiceBCELoss`` (the same soft Dice plus binary cross-entropy), each with the
+``--dice-smooth`` of the settings.
 
-Why not ``keras.losses.Dice``: by default (``axis=None``) it pools the sums over the whole batch,
-so a large foreground in one image hides a miss in another, and it has no smoothing term, only an
-epsilon in the denominator: an empty mask with an empty prediction gets loss 1 instead of 0. QUBIQ
-has empty masks (some brain-tumor task-3 cases), so the loss here is computed per image with an
-additive ``smooth`` in numerator and denominator, and then averaged over the batch. Soft Dice as a
-loss: Milletari et al., "V-Net", 3DV 2016, arXiv 1606.04797.
+The study's loss is ``1 - 2 sum(p g) / (sum(p) + sum(g))`` with no smoothing (``smooth = 0``, the
+default of ``Settings.dice_smooth``): on an image whose mask is empty it is 1 whatever the prediction,
+so such an image teaches nothing (no gradient). With ``smooth > 0`` (``--dice-smooth 1``, what this
+project used before it followed the study exactly) the ratio becomes ``(2 sum(p g) + s) / (sum(p) +
+sum(g) + s)``: an empty mask with an empty prediction then scores a loss of 0, and false positives on
+an empty mask are pushed down. QUBIQ has empty masks (some brain-tumor task-3 cases).
+
+Why not ``keras.losses.Dice``: by default (``axis=None``) it pools the sums over the whole batch, so a
+large foreground in one image hides a miss in another. The loss here is computed per image and then
+averaged over the batch (at the study's batch size 1 the two agree). Soft Dice as a loss: Milletari et
+al., "V-Net", 3DV 2016, arXiv 1606.04797.
 
 Plain soft Dice is *not* minimised at ``p = g`` when ``g`` is a soft target in (0, 1): it rewards
 pushing the prediction towards 0/1 (for ``g = 0.5`` everywhere, ``p = 1`` scores better than
@@ -24,6 +30,9 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+#: Floor of a Dice denominator: keeps the unsmoothed Dice (``smooth = 0``) finite when both sums are 0.
+EPSILON = 1e-7
 
 
 def _check_same_shape(y_true, y_pred, where: str) -> None:
@@ -53,7 +62,9 @@ def _soft_dice_per_image(y_true, y_pred, smooth: float):
     axes = tuple(range(1, len(y_pred.shape)))
     intersection = ops.sum(y_true * y_pred, axis=axes)
     total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
-    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+    # With smooth = 0 (the study's) an empty mask and an all-zero prediction would be 0 / 0; a sigmoid is
+    # never exactly 0, but a floor keeps the loss finite (1: no gradient) if a float16 sum underflows.
+    return 1.0 - (2.0 * intersection + smooth) / ops.maximum(total + smooth, EPSILON)
 
 
 def _bce_per_image(y_true, y_pred, epsilon: float):
@@ -73,7 +84,7 @@ def _bce_per_image(y_true, y_pred, epsilon: float):
 
 @keras.saving.register_keras_serializable(package="qubiq")
 class SoftDiceLoss(keras.losses.Loss):
-    """Smoothed soft Dice loss, computed per image and averaged over the batch.
+    """Soft Dice loss (optionally smoothed), computed per image and averaged over the batch.
 
     For each image ``b`` in the batch, with sums over all its spatial and channel axes::
 
@@ -86,8 +97,9 @@ class SoftDiceLoss(keras.losses.Loss):
     be binary (Milletari et al. 2016).
 
     Args:
-        smooth: additive smoothing in numerator and denominator, ``>= 0``. With 0 an image whose
-            mask and prediction are both empty gives NaN.
+        smooth: additive smoothing in numerator and denominator, ``>= 0`` (the study's: 0, which
+            ``Settings.dice_smooth`` passes through ``make_loss``). With 0 an image whose mask is empty
+            gives 1 (no gradient), its denominator floored at ``EPSILON`` when the prediction is empty too.
         name: the loss's name in logs.
         **kwargs: passed to ``keras.losses.Loss`` (``reduction``, ``dtype``).
 
@@ -214,12 +226,13 @@ LOSSES = ("dice", "dice+bce")
 """The values of the study's ``--loss`` switch, in the order ``make_loss`` documents them."""
 
 
-def make_loss(name: str) -> keras.losses.Loss:
-    """The training loss for a ``--loss`` value, with its default arguments.
+def make_loss(name: str, smooth: float = 1.0) -> keras.losses.Loss:
+    """The training loss for a ``--loss`` value.
 
     Args:
-        name: ``"dice"`` for ``SoftDiceLoss()`` (the study's loss) or ``"dice+bce"`` for
-            ``SoftDiceBCELoss()`` (soft Dice plus BCE, weight 1).
+        name: ``"dice"`` for ``SoftDiceLoss(smooth)`` (the study's loss) or ``"dice+bce"`` for
+            ``SoftDiceBCELoss(smooth)`` (soft Dice plus BCE, weight 1).
+        smooth: the Dice term's additive smoothing (``Settings.dice_smooth``; the study's: 0).
 
     Returns:
         A new loss instance (never shared between models).
@@ -228,9 +241,9 @@ def make_loss(name: str) -> keras.losses.Loss:
         ValueError: if ``name`` is not one of ``LOSSES``; the message names it and the valid ones.
     """
     if name == "dice":
-        return SoftDiceLoss()
+        return SoftDiceLoss(smooth)
     if name == "dice+bce":
-        return SoftDiceBCELoss()
+        return SoftDiceBCELoss(smooth)
     raise ValueError(f"make_loss: unknown loss {name!r}, expected one of {', '.join(map(repr, LOSSES))}")
 
 
@@ -287,7 +300,7 @@ class MultiHeadLoss(keras.losses.Loss):
         masks, predictions, available = _split_heads(y_true, y_pred)
         intersection = ops.sum(masks * predictions, axis=(2, 3))
         total = ops.sum(masks, axis=(2, 3)) + ops.sum(predictions, axis=(2, 3))
-        per_head = 1.0 - (2.0 * intersection + self.smooth) / (total + self.smooth)
+        per_head = 1.0 - (2.0 * intersection + self.smooth) / ops.maximum(total + self.smooth, EPSILON)
         if self.loss == "dice+bce":
             p = ops.clip(predictions, self.epsilon, 1.0 - self.epsilon)
             per_head = per_head + ops.mean(-(masks * ops.log(p) + (1.0 - masks) * ops.log(1.0 - p)), axis=(2, 3))

@@ -16,6 +16,8 @@ import keras
 from keras import layers
 
 DROPOUT_KINDS = ("spatial", "standard", "none")
+#: ``initializer`` -> the kernel initialiser of the 3x3, transposed and ConvLSTM input convolutions.
+INITIALIZERS = {"glorot": "glorot_uniform", "he": "he_normal"}
 
 
 def build_unet(
@@ -28,6 +30,8 @@ def build_unet(
     convlstm: bool = False,
     name: str = "unet",
     outputs: int = 1,
+    initializer: str = "glorot",
+    convlstm_backwards: bool = True,
 ) -> keras.Model:
     """Builds the study's 2D U-Net (Ronneberger et al. 2015), optionally with a BCDU-Net decoder.
 
@@ -44,7 +48,14 @@ def build_unet(
         - ``convlstm=True`` (BCDU-Net, Azad et al. 2019): the skip and the upsampled tensor, each
           ``(H, W, C)``, are reshaped to ``(1, H, W, C)`` and concatenated on the time axis
           (skip first) into a 2-step sequence, which a ``ConvLSTM2D(C // 2, 3)`` reduces to its
-          last state.
+          last state. With ``convlstm_backwards`` (the study's and BCDU-Net's code:
+          ``go_backwards=True``) the sequence is read backwards, upsampled tensor first, so the
+          last step, the one that forms the output, is the skip's; otherwise forwards.
+
+    Initialisers: ``"glorot"`` (the study's) leaves every layer at Keras's defaults (Glorot-uniform
+    kernels, zero biases, the ConvLSTM's orthogonal recurrent kernel); ``"he"`` gives the 3x3
+    convolutions, the transposed convolutions and the ConvLSTM's input kernel He-normal kernels (the
+    recurrent kernel stays orthogonal, the output 1x1 convolution Glorot).
 
     Layer names follow the design: ``enc1_conv1``, ``enc1_bn1``, ``enc1_relu1``, ...,
     ``enc1_pool``, ``enc1_drop``, ``bottleneck_conv1``, ..., then ``dec1_up``, ``dec1_merge``
@@ -65,6 +76,8 @@ def build_unet(
         name: the model's name.
         outputs: sigmoid output channels of the final 1x1 convolution: 1, or one head per expert
             (the multi-head strategy: every layer shared but the heads' 1x1 weights).
+        initializer: ``"glorot"`` (the study's) or ``"he"``, see above.
+        convlstm_backwards: read the ConvLSTM merge's sequence backwards (the study's), see above.
 
     Returns:
         An uncompiled ``keras.Model`` mapping ``(batch, H, W, C)`` images to ``(batch, H, W, outputs)``
@@ -91,6 +104,9 @@ def build_unet(
             )
     if outputs < 1:
         raise ValueError(f"outputs must be >= 1, got {outputs}")
+    if initializer not in INITIALIZERS:
+        raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}")
+    kernel = INITIALIZERS[initializer]
     if dropout not in DROPOUT_KINDS:
         raise ValueError(f"dropout must be one of {DROPOUT_KINDS}, got {dropout!r}")
     if not 0.0 <= dropout_rate < 1.0:
@@ -100,7 +116,7 @@ def build_unet(
 
     def conv_block(x, filters: int, prefix: str):
         for i in (1, 2):
-            x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{prefix}_conv{i}")(x)
+            x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=kernel, name=f"{prefix}_conv{i}")(x)
             if batch_norm:
                 x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
             x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
@@ -130,7 +146,7 @@ def build_unet(
         filters = base_filters * 2**level
         skip = skips[level]
         x = layers.Conv2DTranspose(
-            filters, 3, strides=2, padding="same", kernel_initializer="he_normal", name=f"{prefix}_up"
+            filters, 3, strides=2, padding="same", kernel_initializer=kernel, name=f"{prefix}_up"
         )(x)
         if convlstm:
             size = (height // 2**level, width // 2**level, filters)
@@ -142,8 +158,9 @@ def build_unet(
                 3,
                 padding="same",
                 return_sequences=False,
+                go_backwards=convlstm_backwards,
                 unroll=True,  # two steps: an unrolled loop traces faster than a while loop
-                kernel_initializer="he_normal",
+                kernel_initializer=kernel,
                 name=f"{prefix}_convlstm",
             )(x)
         else:

@@ -225,7 +225,7 @@ class PreparedCase:
 
 
 def prepare_case(loaded: LoadedCase, settings: Settings, keep_original: bool) -> PreparedCase:
-    geometry = Geometry.fit(loaded.shape, settings.input_size)
+    geometry = Geometry.fit(loaded.shape, settings.input_size, settings.fit)
     normalised = normalise_image(loaded.image, settings.ct_window)
     image = to_input(normalised, geometry)
     masks = {e: mask_to_input(m, geometry) for e, m in loaded.masks.items()}

@@ -110,6 +110,23 @@ class DatasetSpec:
         return dataclasses.asdict(self)
 
 
+#: ``Settings.initializer``, ``Settings.keep`` and ``Settings.fit`` values.
+INITIALIZERS = ("glorot", "he")
+KEEP_CHOICES = ("last", "best")
+FIT_CHOICES = ("crop", "resample")
+
+#: What a run written before these settings existed did (they came with the study's exact procedure,
+#: whose values are now the defaults): ``Settings.from_dict`` fills them in for an old ``config.json``.
+LEGACY_VALUES = {
+    "convlstm_backwards": False,
+    "initializer": "he",
+    "keep": "best",
+    "fit": "resample",
+    "augment_validation": False,
+    "dice_smooth": 1.0,
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """How to train and preprocess: the network, the optimiser, the augmentation.
@@ -140,6 +157,19 @@ class Settings:
             CPU with AVX512-BF16 or AMX, float16 on a GPU), keeping the weights, the sigmoid output
             and the losses in float32 (see ``common.training.precision_policy``). It changes the
             arithmetic, so it is a setting recorded with the run, not a runtime option.
+        convlstm_backwards: the ConvLSTM merge reads its two-step sequence (skip, upsampled) backwards,
+            as the study's and BCDU-Net's code do (``go_backwards=True``): its last step, the one that
+            forms the output, sees the skip tensor. False runs it forwards.
+        initializer: ``"glorot"`` (Keras's defaults, the study's: Glorot-uniform kernels, the ConvLSTM's
+            orthogonal recurrent kernel) or ``"he"`` (He-normal kernels).
+        keep: ``"last"`` (the study's: the weights after the last epoch trained) or ``"best"`` (those of
+            the epoch with the best validation loss).
+        fit: ``"crop"`` (the study's: centre-crop an axis longer than the input, zero-pad a shorter one)
+            or ``"resample"`` (resample a larger image to fit, then pad); see ``common.preprocessing``.
+        augment_validation: augment the validation images like the training ones (the study's
+            generator did), anew each epoch; False validates on the images as they are.
+        dice_smooth: the additive smoothing of the soft Dice loss (the study's: 0, plain
+            ``1 - 2 sum(p g) / (sum(p) + sum(g))``).
     """
 
     input_size: int
@@ -161,6 +191,12 @@ class Settings:
     patience: int = 0
     strategy: str = "per-expert"
     mixed_precision: bool = False
+    convlstm_backwards: bool = True
+    initializer: str = "glorot"
+    keep: str = "last"
+    fit: str = "crop"
+    augment_validation: bool = True
+    dice_smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dropout not in ("spatial", "standard", "none"):
@@ -192,6 +228,11 @@ class Settings:
                 f"input_size {self.input_size} is not divisible by 2**depth = {2**self.depth} "
                 f"(depth {self.depth}); choose a multiple of {2**self.depth}"
             )
+        for attr, allowed in (("initializer", INITIALIZERS), ("keep", KEEP_CHOICES), ("fit", FIT_CHOICES)):
+            if getattr(self, attr) not in allowed:
+                raise ConfigError(f"{attr} must be one of {', '.join(allowed)}, got {getattr(self, attr)!r}")
+        if not self.dice_smooth >= 0:
+            raise ConfigError(f"dice_smooth must be >= 0, got {self.dice_smooth}")
         if self.ct_window is not None:
             low, high = self.ct_window
             if not low < high:
@@ -201,10 +242,12 @@ class Settings:
     def from_dict(cls, values: dict) -> Settings:
         """Settings as written by :meth:`to_dict` (and read back from JSON).
 
-        A field missing from ``values`` takes its default: a ``config.json`` written before the field
-        existed (``mixed_precision``) describes a run that had the default behaviour.
+        A field missing from ``values`` was written before the field existed, so it takes the value
+        that describes what such a run did: :data:`LEGACY_VALUES` for the fields whose default has
+        since become the study's (a run folder made before them trained forwards, He-initialised,
+        resampled, kept the best epoch ...), else the default (``mixed_precision``: off).
         """
-        values = dict(values)
+        values = {**LEGACY_VALUES, **dict(values)}
         if values.get("ct_window") is not None:
             values["ct_window"] = tuple(values["ct_window"])
         return cls(**values)

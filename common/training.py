@@ -180,6 +180,8 @@ def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Mo
         dropout_rate=settings.dropout_rate,
         batch_norm=settings.batch_norm,
         convlstm=settings.convlstm,
+        convlstm_backwards=settings.convlstm_backwards,
+        initializer=settings.initializer,
     )
 
 
@@ -360,6 +362,60 @@ def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, r
     )
 
 
+def padded_count(count: int, replicas: int = 1) -> int:
+    """Validation images per evaluation: all ``count``, padded to a multiple of the replicas (see below)."""
+    return count + ((-count) % replicas if replicas > 1 else 0)
+
+
+def augmented_validation_dataset(
+    images: np.ndarray,
+    masks: np.ndarray,
+    batch_size: int,
+    seed: int,
+    augmentation: Augmentation,
+    epochs: int,
+    first_epoch: int = 0,
+    available: np.ndarray | None = None,
+    binary: bool = True,
+    replicas: int = 1,
+) -> tf.data.Dataset:
+    """The validation batches of epochs ``first_epoch .. epochs - 1``, each epoch's augmented anew.
+
+    The study validated on a generator that augmented like the training one. Here epoch ``e`` warps
+    its ``i``-th validation image (in their order, not shuffled) with the seed ``(seed, -1 - (e * N + i))``:
+    a function of the seed and the epoch alone, like the training stream, so a resumed training
+    validates on what an uninterrupted one would have, and never on a training sample's warp (those use
+    positions ``>= 0``). Keras reads ``ceil(padded / batch_size)`` batches per epoch from the one stream
+    (``validation_steps``). Padding for several replicas is as in :func:`evaluation_dataset`.
+    """
+    count = len(images)
+    total = padded_count(count, replicas)
+    take = np.arange(total) % count
+    weights = np.where(np.arange(total) < count, total / count, 0.0).astype(np.float32)
+    images_t, masks_t = tf.constant(images), tf.constant(masks)
+    available_t = None if available is None else tf.constant(available, tf.float32)
+
+    def sample(index, position, weight):
+        image, mask = tf.gather(images_t, index), tf.gather(masks_t, index)
+        image, mask = random_transform(
+            image, mask, tf.stack([tf.constant(seed, tf.int64), -1 - position]), augmentation, binary
+        )
+        if available_t is not None:
+            flags = tf.cast(tf.gather(available_t, index), mask.dtype)
+            mask = tf.concat([mask, tf.broadcast_to(flags, tf.shape(mask))], axis=-1)
+        return (image, mask, weight) if total != count else (image, mask)
+
+    def one_epoch(epoch):
+        positions = epoch * count + tf.constant(take, tf.int64)
+        return (
+            tf.data.Dataset.from_tensor_slices((tf.constant(take, tf.int64), positions, tf.constant(weights)))
+            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+        )
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """``model.save`` into a temporary ``.keras`` file, fsync, then rename: never a truncated model file.
 
@@ -394,8 +450,10 @@ CHECKPOINT_SECONDS = 30.0
 class EpochRecorder(keras.callbacks.Callback):
     """After each epoch: the CSV log and one plain-text line; at checkpoints, the best model and the backup.
 
-    The best weights are kept in memory between checkpoints. At a checkpoint ``model.keras`` is written
-    first and the backup last, so a resumed training never skips an epoch whose effects were not saved.
+    ``model.keras`` holds the weights the training keeps: with ``keep="best"`` those of the epoch with the
+    best ``monitor`` value (kept in memory between checkpoints), with ``keep="last"`` (the study's) those
+    after the latest epoch. At a checkpoint ``model.keras`` is written first and the backup last, so a
+    resumed training never skips an epoch whose effects were not saved.
     With ``patience > 0`` it also stops training once ``patience`` epochs have passed without a better
     ``monitor`` value (early stopping). The count is taken from the rows of the log, so it survives a
     resume, which Keras's own ``EarlyStopping`` (whose counter lives in memory) would not.
@@ -412,9 +470,10 @@ class EpochRecorder(keras.callbacks.Callback):
         log: Callable[[str], None],
         patience: int = 0,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        keep: str = "best",
     ):
         super().__init__()
-        self.checkpoint_seconds = checkpoint_seconds
+        self.checkpoint_seconds, self.keep = checkpoint_seconds, keep
         self._best_weights: list | None = None
         self._last_checkpoint = time.perf_counter()
         self.out_dir, self.monitor, self.rows, self.best = out_dir, monitor, rows, best
@@ -433,7 +492,8 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch = value, epoch + 1
-            self._best_weights = self.model.get_weights()
+            if self.keep == "best":
+                self._best_weights = self.model.get_weights()
         self.rows.append({"epoch": epoch + 1, **{k: f"{v:.6g}" for k, v in sorted(logs.items())}})
         write_log(self.out_dir / LOG_FILE, self.rows)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
@@ -453,8 +513,10 @@ class EpochRecorder(keras.callbacks.Callback):
             self.checkpoint(epoch + 1)
 
     def checkpoint(self, epoch: int) -> None:
-        """Write the best model (if it changed) and then the backup after ``epoch``."""
-        if self._best_weights is not None:
+        """Write the kept model (the best, if it changed; or the last) and then the backup after ``epoch``."""
+        if self.keep == "last":
+            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+        elif self._best_weights is not None:
             current = self.model.get_weights()
             self.model.set_weights(self._best_weights)
             try:
@@ -481,6 +543,8 @@ class TrainedExpert:
     resumed_from_epoch: int = 0
     parameters: int = 0
     stopped_early: bool = False
+    kept_epoch: int = 0  # the epoch whose weights model.keras holds (the best, or the last); 0: before it was recorded
+    keep: str = "best"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "model_path": str(self.model_path)}
@@ -490,11 +554,11 @@ def compile_for(model: keras.Model, settings: Settings) -> None:
     """Adam with the strategy's loss: ``--loss`` per network or per head; for soft-label the
     squared-denominator Dice on the mean mask (``SoftLabelLoss``)."""
     if settings.strategy == "multi-head":
-        loss, metrics = MultiHeadLoss(settings.loss), [multi_head_dice]
+        loss, metrics = MultiHeadLoss(settings.loss, settings.dice_smooth), [multi_head_dice]
     elif settings.strategy == "soft-label":
         loss, metrics = SoftLabelLoss(), [dice_coefficient]
     else:
-        loss, metrics = make_loss(settings.loss), [dice_coefficient]
+        loss, metrics = make_loss(settings.loss, settings.dice_smooth), [dice_coefficient]
     # A weighted metric gets the sample weights, as the loss does: only the padded validation batches of a
     # mirrored training have any (evaluation_dataset), and without them it is the plain mean, same name.
     model.compile(
@@ -635,6 +699,7 @@ def _train(
         log,
         patience=settings.patience,
         checkpoint_seconds=checkpoint_seconds,
+        keep=settings.keep,
     )
     # An interrupted training that had already stopped early has nothing left to do.
     already_stopped = bool(settings.patience and first_epoch and first_epoch - recorder.best_epoch >= settings.patience)
@@ -654,21 +719,32 @@ def _train(
             binary=not soft,
             replicas=replicas,
         )
+        validation_data, validation_steps = None, None
+        if validation is not None and settings.augment_validation and augmentation_of(settings) is not None:
+            # the study's validation generator augmented like the training one, anew each epoch
+            validation_data = augmented_validation_dataset(
+                *validation,
+                settings.batch_size,
+                seed,
+                augmentation_of(settings),
+                epochs=settings.epochs,
+                first_epoch=first_epoch,
+                available=validation_available,
+                binary=not soft,
+                replicas=replicas,
+            )
+            validation_steps = math.ceil(padded_count(len(validation[0]), replicas) / settings.batch_size)
+        elif validation is not None:
+            validation_data = evaluation_dataset(
+                validation[0], with_availability(validation[1], validation_available), settings.batch_size, replicas
+            )
         model.fit(
             stream,
             steps_per_epoch=math.ceil(epoch_images(len(train[0]), replicas) / settings.batch_size),
             epochs=settings.epochs,
             initial_epoch=first_epoch,
-            validation_data=(
-                evaluation_dataset(
-                    validation[0],
-                    with_availability(validation[1], validation_available),
-                    settings.batch_size,
-                    replicas,
-                )
-                if validation is not None
-                else None
-            ),
+            validation_data=validation_data,
+            validation_steps=validation_steps,
             callbacks=callbacks,
             shuffle=False,  # the stream is shuffled by tf.data, from the seed
             verbose=verbose,
@@ -676,6 +752,7 @@ def _train(
     seconds = time.perf_counter() - start
     losses = [float(row[monitor]) for row in recorder.rows]
     best_index = int(np.argmin(losses))
+    kept = best_index + 1 if settings.keep == "best" else len(losses)
     return TrainedExpert(
         expert,
         out_dir / MODEL_FILE,
@@ -687,6 +764,8 @@ def _train(
         first_epoch,
         parameters,
         recorder.stopped_early or (settings.patience > 0 and len(losses) < settings.epochs),
+        kept,
+        settings.keep,
     )
 
 

@@ -24,20 +24,24 @@ def run_epochs(recorder, model, losses):
 
 
 @pytest.mark.parametrize(
-    "seconds, losses, backup_epoch, best_weight",
+    "seconds, losses, keep, backup_epoch, kept_weight",
     [
-        (0.0, [0.5, 0.4, 0.6], 3, 2.0),  # every epoch: the backup after epoch 3, the best from epoch 2
-        (3600.0, [0.5, 0.4, 0.6, 0.3], 4, 4.0),  # only after the last epoch
+        (0.0, [0.5, 0.4, 0.6], "best", 3, 2.0),  # every epoch: the backup after epoch 3, the best from epoch 2
+        (3600.0, [0.5, 0.4, 0.6, 0.3], "best", 4, 4.0),  # only after the last epoch
+        (0.0, [0.5, 0.4, 0.6], "last", 3, 3.0),  # the study's: the last epoch's weights, whatever the loss
+        (3600.0, [0.5, 0.4, 0.6, 0.7], "last", 4, 4.0),
     ],
 )
-def test_checkpoints(tmp_path, seconds, losses, backup_epoch, best_weight):
+def test_checkpoints(tmp_path, seconds, losses, keep, backup_epoch, kept_weight):
     model = tiny_model()
-    recorder = EpochRecorder(tmp_path, "val_loss", [], math.inf, "seg01", len(losses), str, checkpoint_seconds=seconds)
+    recorder = EpochRecorder(
+        tmp_path, "val_loss", [], math.inf, "seg01", len(losses), str, checkpoint_seconds=seconds, keep=keep
+    )
     recorder.set_model(model)
     run_epochs(recorder, model, losses)
     assert json.loads((tmp_path / BACKUP_STATE).read_text()) == {"epoch": backup_epoch, "best": min(losses)}
-    best = keras.saving.load_model(tmp_path / MODEL_FILE)
-    assert best.get_weights()[0][0, 0] == best_weight
+    kept = keras.saving.load_model(tmp_path / MODEL_FILE)
+    assert kept.get_weights()[0][0, 0] == kept_weight
     backup = keras.saving.load_model(tmp_path / BACKUP_FILE)
     assert backup.get_weights()[0][0, 0] == len(losses)  # the weights after the last epoch
     assert model.get_weights()[0][0, 0] == len(losses)  # training continues from its own weights

@@ -63,9 +63,17 @@ def test_soft_dice_returns_one_value_per_image():
     np.testing.assert_allclose(per_image, 0.0, atol=1e-6)
 
 
-def test_soft_dice_empty_pair_without_smoothing_is_nan():
-    # documented: smooth = 0 makes 0/0 for an empty mask with an empty prediction
-    assert np.isnan(loss_value(batch([[0, 0], [0, 0]]), batch([[0, 0], [0, 0]]), smooth=0.0))
+@pytest.mark.parametrize(
+    "mask, prediction, expected",
+    [
+        ([[0, 0], [0, 0]], [[0, 0], [0, 0]], 1.0),  # 0 / max(0, 1e-7): finite, no gradient (the study's loss)
+        ([[0, 0], [0, 0]], [[0.5, 0], [0, 0]], 1.0),  # an empty mask: 1 whatever the prediction
+        ([[1, 0], [0, 0]], [[0.5, 0], [0, 0]], 1 - 2 * 0.5 / 1.5),  # 1 - 2*0.5/(1+0.5)
+        ([[1, 1], [0, 0]], [[1, 1], [0, 0]], 0.0),
+    ],
+)
+def test_soft_dice_without_smoothing_is_the_studys_plain_dice(mask, prediction, expected):
+    assert loss_value(batch(mask), batch(prediction), smooth=0.0) == pytest.approx(expected, abs=1e-6)
 
 
 def test_soft_dice_sums_in_float32_for_float16_inputs():

@@ -87,3 +87,36 @@ def test_resample_round_trip_keeps_the_shape_of_a_mask(shape):
 def test_from_input_checks_the_size():
     with pytest.raises(ValueError, match="input size 32"):
         from_input(np.zeros((16, 16)), Geometry.fit((20, 20), 32))
+
+
+@pytest.mark.parametrize(
+    "shape, size, source, offset, extent",
+    [
+        ((640, 640), 512, (64, 64), (0, 0), (512, 512)),  # prostate: centre-cropped, as the study did
+        ((960, 640), 512, (224, 64), (0, 0), (512, 512)),
+        ((497, 497), 512, (0, 0), (7, 7), (497, 497)),  # kidney: zero-padded
+        ((240, 240), 256, (0, 0), (8, 8), (240, 240)),  # brain tumour: zero-padded
+        ((600, 400), 512, (44, 0), (0, 56), (512, 400)),  # cropped on one axis, padded on the other
+    ],
+)
+def test_crop_geometry(shape, size, source, offset, extent):
+    geometry = Geometry.fit(shape, size, "crop")
+    assert (geometry.source, geometry.offset, geometry.extent, geometry.resized) == (source, offset, extent, shape)
+    assert not geometry.resamples
+
+
+def test_crop_round_trip_keeps_the_middle_and_zeroes_the_cropped_border():
+    rng = np.random.default_rng(0)
+    image = rng.random((10, 6)).astype(np.float32)
+    geometry = Geometry.fit(image.shape, 8, "crop")  # rows 1..8 kept, columns padded by 1 on each side
+    on_grid = to_input(image[..., None], geometry)[..., 0]
+    np.testing.assert_array_equal(on_grid[:, 1:7], image[1:9])
+    assert on_grid[:, 0].sum() == 0 and on_grid[:, 7].sum() == 0
+    back = from_input(on_grid, geometry)
+    np.testing.assert_array_equal(back[1:9], image[1:9])
+    assert back[0].sum() == 0 and back[9].sum() == 0  # the cropped-off rows: probability 0
+
+
+def test_unknown_fit_is_refused():
+    with pytest.raises(ValueError, match="fit must be one of crop, resample"):
+        Geometry.fit((10, 10), 8, "stretch")

@@ -102,7 +102,13 @@ def test_presets():
     assert preset("study", Kidney.STUDY, Kidney.DEMO) == Kidney.STUDY
     assert preset("demo", Kidney.STUDY, Kidney.DEMO) == Kidney.DEMO
     default = preset("default", Kidney.STUDY, Kidney.DEMO)
-    assert default == Kidney.STUDY.replace(patience=50)  # a tenth of the study's 500 epochs
+    # a tenth of the study's 500 epochs; early stopping keeps the best epoch, on unaugmented validation images
+    assert default == Kidney.STUDY.replace(patience=50, keep="best", augment_validation=False)
+    study = Kidney.STUDY  # the original procedure exactly (docs/fidelity.md)
+    assert (study.convlstm_backwards, study.initializer, study.keep, study.fit) == (True, "glorot", "last", "crop")
+    assert (study.augment_validation, study.dice_smooth, study.patience) == (True, 0.0, 0)
+    demo = Kidney.DEMO  # the CPU demo: the study's sizes shrunk, with DEMO_DEPARTURES
+    assert (demo.fit, demo.convlstm_backwards, demo.initializer, demo.keep) == ("resample", False, "he", "best")
     assert default_preset(Kidney.STUDY.replace(epochs=100)).patience == 20  # at least 20
     assert describe(Kidney.STUDY)["ct_window"] == "127.5/255"
 
