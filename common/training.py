@@ -297,6 +297,33 @@ def training_dataset(
     """
     count = len(images)
     used = epoch_images(count, replicas)
+    sample = _sampler(images, masks, available, seed, augmentation, binary)
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
+        positions = epoch * count + tf.range(count, dtype=tf.int64)
+        return (
+            tf.data.Dataset.from_tensor_slices((order[:used], positions[:used]))
+            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+        )
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def _sampler(
+    images: np.ndarray,
+    masks: np.ndarray,
+    available: np.ndarray | None,
+    seed: int,
+    augmentation: Augmentation | None,
+    binary: bool,
+):
+    """``sample(index, position) -> (image, mask)`` for a ``tf.data`` map: image ``index``, warped with the
+    seed ``(seed, position)`` (unless ``augmentation`` is None or the identity), the availability flags
+    appended to the mask after the warp. Shared by the training and the augmented validation stream."""
     images_t, masks_t = tf.constant(images), tf.constant(masks)
     available_t = None if available is None else tf.constant(available, tf.float32)
     augment = augmentation is not None and not augmentation.is_identity
@@ -312,18 +339,7 @@ def training_dataset(
             mask = tf.concat([mask, tf.broadcast_to(flags, tf.shape(mask))], axis=-1)
         return image, mask
 
-    def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        positions = epoch * count + tf.range(count, dtype=tf.int64)
-        return (
-            tf.data.Dataset.from_tensor_slices((order[:used], positions[:used]))
-            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size)
-        )
-
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    return sample
 
 
 def epoch_images(count: int, replicas: int = 1) -> int:
@@ -349,12 +365,9 @@ def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, r
     weighted by their sizes; giving the real cases the weight ``padded / real`` instead of 1 makes
     that average the mean over the real cases exactly. Weighted metrics ignore the uniform factor.
     """
-    count = len(images)
-    padding = (-count) % replicas if replicas > 1 else 0
-    if not padding:
+    take, weights = validation_padding(len(images), replicas)
+    if weights is None:
         return tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    take = np.arange(count + padding) % count
-    weights = np.where(np.arange(count + padding) < count, (count + padding) / count, 0.0).astype(np.float32)
     return (
         tf.data.Dataset.from_tensor_slices((images[take], masks[take], weights))
         .batch(batch_size)
@@ -365,6 +378,16 @@ def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, r
 def padded_count(count: int, replicas: int = 1) -> int:
     """Validation images per evaluation: all ``count``, padded to a multiple of the replicas (see below)."""
     return count + ((-count) % replicas if replicas > 1 else 0)
+
+
+def validation_padding(count: int, replicas: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image of each evaluated sample (copies of the first cases as padding) and the sample weights
+    that keep the mean loss over the real cases (:func:`evaluation_dataset`); None: no padding needed."""
+    total = padded_count(count, replicas)
+    take = np.arange(total) % count
+    if total == count:
+        return take, None
+    return take, np.where(np.arange(total) < count, total / count, 0.0).astype(np.float32)
 
 
 def augmented_validation_dataset(
@@ -389,26 +412,17 @@ def augmented_validation_dataset(
     (``validation_steps``). Padding for several replicas is as in :func:`evaluation_dataset`.
     """
     count = len(images)
-    total = padded_count(count, replicas)
-    take = np.arange(total) % count
-    weights = np.where(np.arange(total) < count, total / count, 0.0).astype(np.float32)
-    images_t, masks_t = tf.constant(images), tf.constant(masks)
-    available_t = None if available is None else tf.constant(available, tf.float32)
+    take, weights = validation_padding(count, replicas)
+    warped = _sampler(images, masks, available, seed, augmentation, binary)
 
-    def sample(index, position, weight):
-        image, mask = tf.gather(images_t, index), tf.gather(masks_t, index)
-        image, mask = random_transform(
-            image, mask, tf.stack([tf.constant(seed, tf.int64), -1 - position]), augmentation, binary
-        )
-        if available_t is not None:
-            flags = tf.cast(tf.gather(available_t, index), mask.dtype)
-            mask = tf.concat([mask, tf.broadcast_to(flags, tf.shape(mask))], axis=-1)
-        return (image, mask, weight) if total != count else (image, mask)
+    def sample(index, position, *weight):  # a negative position: never a training sample's warp
+        return (*warped(index, -1 - position), *weight)
 
     def one_epoch(epoch):
         positions = epoch * count + tf.constant(take, tf.int64)
+        slices = (tf.constant(take, tf.int64), positions) + (() if weights is None else (tf.constant(weights),))
         return (
-            tf.data.Dataset.from_tensor_slices((tf.constant(take, tf.int64), positions, tf.constant(weights)))
+            tf.data.Dataset.from_tensor_slices(slices)
             .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size)
         )
@@ -708,11 +722,12 @@ def _train(
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
     start = time.perf_counter()
     if first_epoch < settings.epochs and not already_stopped:
+        augmentation = augmentation_of(settings)
         stream = training_dataset(
             *train,
             settings.batch_size,
             seed,
-            augmentation_of(settings),
+            augmentation,
             epochs=settings.epochs,
             first_epoch=first_epoch,
             available=train_available,
@@ -720,13 +735,13 @@ def _train(
             replicas=replicas,
         )
         validation_data, validation_steps = None, None
-        if validation is not None and settings.augment_validation and augmentation_of(settings) is not None:
+        if validation is not None and settings.augment_validation and augmentation is not None:
             # the study's validation generator augmented like the training one, anew each epoch
             validation_data = augmented_validation_dataset(
                 *validation,
                 settings.batch_size,
                 seed,
-                augmentation_of(settings),
+                augmentation,
                 epochs=settings.epochs,
                 first_epoch=first_epoch,
                 available=validation_available,
