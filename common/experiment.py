@@ -265,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-validate variants of the settings on the same folds and seeds and compare them "
         "with the first variant (the study's findings as experiments).",
     )
-    parser.add_argument("--dataset", required=True, choices=list(SCRIPTS), help="the dataset (its script's DATASET)")
+    parser.add_argument(
+        "--dataset", choices=list(SCRIPTS), default=None, help="the dataset (its script's DATASET); a resume reads it"
+    )
     parser.add_argument("--task", type=int, default=None, help="task (default: the script's 'task = ...')")
     parser.add_argument(
         "--vary",
@@ -311,13 +313,20 @@ def main(argv: list[str] | None = None) -> dict:
     from common.data import DataError
 
     try:
-        module = dataset_script(args.dataset)
-        spec = module.DATASET
+        saved = {}
         if args.resume is not None:
             path = args.resume / EXPERIMENT_FILE
             if not path.is_file():
                 raise ConfigError(f"--resume {args.resume}: not an experiment folder (no {EXPERIMENT_FILE} there)")
             saved = json.loads(path.read_text())
+            if args.dataset not in (None, saved["dataset"]):
+                raise ConfigError(f"--resume {args.resume}: the experiment is on {saved['dataset']}, not {args.dataset}")
+            args.dataset = saved["dataset"]
+        elif args.dataset is None:
+            raise ConfigError(f"give --dataset ({', '.join(SCRIPTS)}), or --resume EXP_DIR")
+        module = dataset_script(args.dataset)
+        spec = module.DATASET
+        if args.resume is not None:
             if args.vary or args.set:
                 raise ConfigError("--resume: the variants come from experiment.json; leave out --vary and --set")
             base = Settings.from_dict(saved["base_settings"])
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
             plots=not args.no_plots,
             verbose=2 if args.verbose else 0,
             extra_config={"command": command, "demo": args.demo},
-            release=args.release or (saved.get("release") if args.resume is not None else None),
+            release=args.release or saved.get("release"),
         )
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

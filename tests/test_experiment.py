@@ -161,10 +161,18 @@ def test_experiment_on_toy_data(tmp_path):
         (["--dataset", "brain-growth", "--vary", "ct_window=40/400"], "brain-growth is MRI, not CT"),
         (["--dataset", "kidney", "--set", "depth=3,4"], "--set depth: give one value"),
         (["--dataset", "kidney", "--data-root", "{tmp}/nothing"], "nothing"),
+        (["--vary", "dropout=spatial,none"], "give --dataset (brain-growth, brain-tumor, kidney, prostate)"),
+        (["--resume", "{tmp}/old"], "--resume {tmp}/old: not an experiment folder"),
+        # a resume reads the dataset from experiment.json: the --vary refusal shows it got that far
+        (["--resume", "{tmp}/exp", "--vary", "depth=3"], "leave out --vary and --set"),
+        (["--dataset", "prostate", "--resume", "{tmp}/exp"], "the experiment is on kidney, not prostate"),
     ],
 )
 def test_command_line_refusals(tmp_path, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    message = message.replace("{tmp}", str(tmp_path))
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.json").write_text(json.dumps({"dataset": "kidney"}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "common.experiment", *argv], capture_output=True, text=True, cwd=tmp_path, env=env
