@@ -1347,24 +1347,31 @@ def section_suite(bench: Bench, state: dict) -> None:
                 command, cwd=ROOT, env=bench.env(), stdout=handle, stderr=subprocess.STDOUT
             ).returncode
         seconds = time.perf_counter() - t0
-        score = None
-        try:
-            score = json.loads((folder / "results.json").read_text())["score"]
-        except (OSError, ValueError, KeyError):
-            pass
-        rows.append(
-            {
-                "script": script,
-                "task": task,
-                "seconds": seconds,
-                "returncode": code,
-                "score": score,
-                "command": command[1:],
-            }
-        )
+        rows.append({"script": script, "task": task, "seconds": seconds, "returncode": code,
+                     "command": command[1:], **suite_scores(folder / "results.json")})  # fmt: skip
+        score = rows[-1]["score"]
         say(f"  {seconds:.0f} s, score {fmt(score, 4)}")
         shutil.rmtree(folder, ignore_errors=True)
     state["suite"] = {"tasks": rows, "total_seconds": sum(r["seconds"] for r in rows)}
+
+
+def suite_scores(path: Path) -> dict:
+    """A demo run's scores from its ``results.json``: the ensemble's, the best single network's (chosen
+    with the held-out masks, so a bound, not a method), the trivial maps', and what was trained."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"score": None}
+    networks = result.get("networks") or {}
+    return {
+        "score": result.get("score"),
+        "best_single": max((e["score"] for e in (result.get("per_expert") or {}).values()), default=None),
+        "all_foreground": (result.get("reference_scores") or {}).get("all_foreground"),
+        "all_background": (result.get("reference_scores") or {}).get("all_background"),
+        "networks": len(networks),
+        "epochs": max((n.get("epochs", 0) for n in networks.values()), default=None),
+        "held_out": len(result.get("per_case") or {}),
+    }
 
 
 def section_gpu(bench: Bench, state: dict) -> None:
@@ -1934,9 +1941,18 @@ def suite_section(state: dict) -> list[str]:
         + ", one subprocess each.",
         "",
     ]
-    rows = [[r["script"], r["task"], fmt(r["seconds"], 0), fmt(r["score"], 4), r["returncode"]] for r in data["tasks"]]
-    rows.append(["total", "", fmt(data["total_seconds"], 0), "", ""])
-    lines += table(["script", "task", "seconds", "QUBIQ score", "exit"], rows)
+    rows = [
+        [r["script"], r["task"], r.get("networks") or "-", r.get("epochs") or "-", r.get("held_out") or "-",
+         fmt(r["seconds"], 0),
+         fmt(r["score"], 4), fmt(r.get("best_single"), 4), fmt(r.get("all_foreground"), 4),
+         fmt(r.get("all_background"), 4), r["returncode"]]
+        for r in data["tasks"]
+    ]  # fmt: skip
+    rows.append(["total", "", sum(r.get("networks") or 0 for r in data["tasks"]), "", "", fmt(data["total_seconds"], 0),
+                 "", "", "", "", ""])  # fmt: skip
+    heads = ["script", "task", "networks", "epochs", "held-out cases", "seconds", "QUBIQ score",
+             "best single network", "all-foreground", "all-background", "exit"]  # fmt: skip
+    lines += table(heads, rows)
     lines.append("")
     return lines
 

@@ -200,3 +200,39 @@ def test_experts_report_lists_every_network_of_both_runs():
     lines = bm.experts_section(state)
     assert "| 1 | 10.0 | 1.0 | 901 | failed |  |  |" in lines
     assert "| 3 | - |  |  | failed |  |  |" in lines
+
+
+def test_suite_scores_from_a_results_file(tmp_path):
+    import json
+
+    path = tmp_path / "results.json"
+    path.write_text(
+        json.dumps(
+            {
+                "score": 0.8,
+                "per_case": {"case01": 0.7, "case02": 0.9},
+                "per_expert": {"seg01": {"score": 0.75}, "seg02": {"score": 0.85}},
+                "reference_scores": {"all_background": 0.0, "all_foreground": 0.05},
+                "networks": {"seg01": {"epochs": 60}, "seg02": {"epochs": 41}},
+            }
+        )
+    )
+    assert bm.suite_scores(path) == {
+        "score": 0.8, "best_single": 0.85, "all_foreground": 0.05, "all_background": 0.0,
+        "networks": 2, "epochs": 60, "held_out": 2,
+    }  # fmt: skip
+    assert bm.suite_scores(tmp_path / "missing.json") == {"score": None}  # a failed run: its row says "-"
+    state = {
+        "args": {"quick": False},
+        "suite": {
+            "tasks": [
+                {"script": "Kidney", "task": 1, "seconds": 241.0, "returncode": 0, **bm.suite_scores(path)},
+                {"script": "Prostate", "task": 2, "seconds": 3.0, "returncode": 1, "score": None},
+            ],
+            "total_seconds": 244.0,
+        },
+    }
+    text = "\n".join(bm.suite_section(state))
+    assert "| Kidney | 1 | 2 | 60 | 2 | 241 | 0.8000 | 0.8500 | 0.0500 | 0.0000 | 0 |" in text
+    assert "| Prostate | 2 | - | - | - | 3 | - | - | - | - | 1 |" in text
+    assert "| total |  | 2 |" in text
