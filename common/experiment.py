@@ -320,7 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
                 raise ConfigError(f"--resume {args.resume}: not an experiment folder (no {EXPERIMENT_FILE} there)")
             saved = json.loads(path.read_text())
             if args.dataset not in (None, saved["dataset"]):
-                raise ConfigError(f"--resume {args.resume}: the experiment is on {saved['dataset']}, not {args.dataset}")
+                raise ConfigError(
+                    f"--resume {args.resume}: the experiment is on {saved['dataset']}, not {args.dataset}"
+                )
             args.dataset = saved["dataset"]
         elif args.dataset is None:
             raise ConfigError(f"give --dataset ({', '.join(SCRIPTS)}), or --resume EXP_DIR")
