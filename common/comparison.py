@@ -284,3 +284,101 @@ def comparison_csv(variants: list[VariantResult]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cross-validation folders made apart (python -m common.comparison CV_DIR CV_DIR ...)
+
+
+def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
+    """The variants of finished cross-validation folders that share their folds and seed, and a title.
+
+    The first folder is the baseline; each variant is named by the switches whose values differ from the
+    baseline's (``keep=last``). Two experiments made apart on the same ``splits.json`` (``--splits``) and
+    seed are paired exactly as the variants of one experiment are.
+
+    Raises:
+        ValueError: a folder is not a finished cross-validation, or the folds, the seed, the dataset or
+            the task differ (the folder is named).
+    """
+    import json
+    from pathlib import Path
+
+    from common.spec import Settings
+    from common.switches import describe
+
+    if len(folders) < 2:
+        raise ValueError("give two or more cross-validation folders (the first is the baseline)")
+    loaded = []
+    for folder in map(Path, folders):
+        try:
+            results = json.loads((folder / "cv_results.json").read_text())
+            config = json.loads((folder / "config.json").read_text())
+            folds = json.loads((folder / "splits.json").read_text())["folds"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"{folder}: not a finished cross-validation folder (needs cv_results.json, config.json and "
+                f"splits.json: {error})"
+            ) from None
+        loaded.append((folder, results, config, folds))
+    first_folder, first, first_config, first_folds = loaded[0]
+    for folder, results, config, folds in loaded[1:]:
+        for what, mine, theirs in (
+            ("folds (splits.json)", folds, first_folds),
+            ("seed", config.get("seed"), first_config.get("seed")),
+            ("dataset", results["dataset"], first["dataset"]),
+            ("task", results["task"], first["task"]),
+            ("experts", config.get("experts"), first_config.get("experts")),
+        ):
+            if mine != theirs:
+                raise ValueError(
+                    f"{folder}: its {what} differ from {first_folder}'s; the comparison would not be paired"
+                )
+    shown = [describe(Settings.from_dict(config["settings"])) for _, _, config, _ in loaded]
+    variants = []
+    for number, ((folder, results, _, _), values) in enumerate(zip(loaded, shown, strict=True)):
+        changes = {k: v for k, v in values.items() if v != shown[0][k]}
+        if number == 0:
+            name = f"baseline ({folder.name})"
+        else:
+            name = ", ".join(f"{k}={v}" for k, v in changes.items()) or f"same settings ({folder.name})"
+        variants.append(
+            VariantResult(
+                name=name,
+                changes=changes,
+                fold_scores=results["fold_scores"],
+                case_scores=results["per_case"],
+                seconds=results.get("training_seconds", 0.0),
+                parameters=results.get("parameters", 0),
+                networks=results.get("networks", 0),
+                metrics=(results.get("uncertainty") or {}).get("mean") or {},
+            )
+        )
+    title = (
+        f"{first['dataset']}, task {first['task']}: {len(first['fold_scores'])}-fold cross-validations on the same "
+        f"folds, seed {first_config.get('seed')}"
+    )
+    return variants, title
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the paired comparison of cross-validation folders, or exit 2 with the reason."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m common.comparison",
+        description="Compare finished cross-validations made on the same folds and seed (e.g. two experiments "
+        "with --splits of one splits.json): the first folder is the baseline. Imports no TensorFlow.",
+    )
+    parser.add_argument("folders", nargs="+", metavar="CV_DIR", help="cross-validation folders (a variant's folder)")
+    args = parser.parse_args(argv)
+    try:
+        variants, title = compare_folders(args.folders)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(format_comparison(variants, title))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -260,3 +260,44 @@ def test_comparison_csv_parses_back_to_the_same_numbers():
 def test_module_does_not_import_tensorflow():
     code = "import sys, common.comparison; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT).returncode == 0
+
+
+def _cv_folder(root, name, settings, fold_scores, per_case, folds, seed=0):
+    import json
+
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"seed": seed, "experts": [1, 2], "settings": settings}))
+    (folder / "splits.json").write_text(json.dumps({"folds": folds}))
+    results = {"dataset": "kidney", "task": 1, "fold_scores": fold_scores, "per_case": per_case,
+               "training_seconds": 60.0, "networks": 4, "parameters": 100}  # fmt: skip
+    (folder / "cv_results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_folders_made_apart_are_compared_as_one_experiment(tmp_path, capsys):
+    from common.comparison import compare_folders, main
+    from common.spec import Settings
+
+    base = Settings(input_size=64, keep="best").to_dict()
+    last = Settings(input_size=64, keep="last").to_dict()
+    folds = [{"held_out": ["case01", "case02"]}, {"held_out": ["case03", "case04"]}]
+    a = _cv_folder(tmp_path, "a", base, [0.8, 0.6], {"case01": 0.9, "case02": 0.7, "case03": 0.6, "case04": 0.6}, folds)
+    b = _cv_folder(tmp_path, "b", last, [0.9, 0.7], {"case01": 1.0, "case02": 0.8, "case03": 0.7, "case04": 0.5}, folds)
+    variants, title = compare_folders([a, b])
+    assert [v.name for v in variants] == ["baseline (a)", "keep=last"] and variants[1].changes == {"keep": "last"}
+    paired = paired_comparison(*variants)
+    assert paired["fold_differences"] == pytest.approx([0.1, 0.1])  # by hand: 0.9 - 0.8, 0.7 - 0.6
+    assert (paired["cases_better"], paired["cases_worse"]) == (3, 1)
+    assert title == "kidney, task 1: 2-fold cross-validations on the same folds, seed 0"
+    assert main([str(a), str(b)]) == 0 and "| keep=last | 0.8000 ± 0.1414 |" in capsys.readouterr().out
+
+    other = _cv_folder(tmp_path, "c", last, [0.9, 0.7], {"case01": 1.0}, folds[::-1])
+    with pytest.raises(ValueError, match=r"c: its folds \(splits.json\) differ from .*a's"):
+        compare_folders([a, other])
+    reseeded = _cv_folder(tmp_path, "d", last, [0.9, 0.7], {"case01": 1.0}, folds, seed=1)
+    with pytest.raises(ValueError, match="its seed differ"):
+        compare_folders([a, reseeded])
+    with pytest.raises(SystemExit) as stop:
+        main([str(a), str(tmp_path / "missing")])
+    assert stop.value.code == 2 and "not a finished cross-validation folder" in capsys.readouterr().err
