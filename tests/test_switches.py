@@ -108,7 +108,7 @@ def test_presets():
     assert (study.convlstm_backwards, study.initializer, study.keep, study.fit) == (True, "glorot", "last", "crop")
     assert (study.augment_validation, study.dice_smooth, study.patience) == (True, 0.0, 0)
     demo = Kidney.DEMO  # the CPU demo: the study's sizes shrunk, with DEMO_DEPARTURES
-    assert (demo.fit, demo.convlstm_backwards, demo.initializer, demo.keep) == ("resample", False, "he", "best")
+    assert (demo.fit, demo.convlstm_backwards, demo.initializer, demo.keep) == ("resample", True, "he", "best")
     assert default_preset(Kidney.STUDY.replace(epochs=100)).patience == 20  # at least 20
     assert describe(Kidney.STUDY)["ct_window"] == "127.5/255"
 
