@@ -283,10 +283,11 @@ def default_preset(study: Settings) -> Settings:
 #: ``fit``: at a 128 px input a centre crop would keep only the middle of a 497 or 640 px image, so the demo
 #: resamples. ``keep`` and ``augment_validation``: as the default preset, the best validation epoch on plain
 #: validation images (the study's last epoch scored 0.018 lower on the kidney demo, 2 of 3 folds, with the
-#: same training). ``initializer``: He-normal, since Keras's Glorot-uniform defaults (the study's) learn too
-#: slowly for the demo's 60 epochs (see findings.md). ``dice_smooth``: 1, as every demo table so far was
-#: measured; not yet measured against the study's 0. The ConvLSTM merge reads backwards, as the study's
-#: (forwards was within the fold-to-fold noise of it on kidney and brain tumour).
+#: same training). ``initializer``: He-normal, since with Keras's Glorot-uniform defaults (the study's) the
+#: demo's 60-epoch networks fit their training cases but score 0.26 on held-out ones (see findings.md).
+#: ``dice_smooth``: 1, as every demo table so far was measured; not yet measured against the study's 0.
+#: The ConvLSTM merge reads backwards, as the study's (forwards was within the fold-to-fold noise of it
+#: on kidney and brain tumour).
 DEMO_DEPARTURES = {
     "fit": "resample",
     "initializer": "he",
