@@ -304,6 +304,8 @@ def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
     import json
     from pathlib import Path
 
+    from common.crossval import RESULTS_FILE, SPLITS_FILE  # the folder's names, spelled where it is written
+    from common.gather import CONFIG_FILE
     from common.spec import Settings
     from common.switches import describe
 
@@ -312,19 +314,19 @@ def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
     loaded = []
     for folder in map(Path, folders):
         try:
-            results = json.loads((folder / "cv_results.json").read_text())
-            config = json.loads((folder / "config.json").read_text())
-            folds = json.loads((folder / "splits.json").read_text())["folds"]
+            results = json.loads((folder / RESULTS_FILE).read_text())
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            folds = json.loads((folder / SPLITS_FILE).read_text())["folds"]
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(
-                f"{folder}: not a finished cross-validation folder (needs cv_results.json, config.json and "
-                f"splits.json: {error})"
+                f"{folder}: not a finished cross-validation folder (needs {RESULTS_FILE}, {CONFIG_FILE} and "
+                f"{SPLITS_FILE}: {error})"
             ) from None
         loaded.append((folder, results, config, folds))
     first_folder, first, first_config, first_folds = loaded[0]
     for folder, results, config, folds in loaded[1:]:
         for what, mine, theirs in (
-            ("folds (splits.json)", folds, first_folds),
+            (f"folds ({SPLITS_FILE})", folds, first_folds),
             ("seed", config.get("seed"), first_config.get("seed")),
             ("dataset", results["dataset"], first["dataset"]),
             ("task", results["task"], first["task"]),
