@@ -369,8 +369,8 @@ def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> di
     """
     import numpy as np
 
-    from common.data import discover_cases, load_case
-    from common.pipeline import choose_held_out, prepare_case, stack_for_expert
+    from common.data.cases import discover_cases, load_case
+    from common.runs.pipeline import choose_held_out, prepare_case, stack_for_expert
 
     kidney = kidney_module()
     spec = kidney.DATASET
@@ -438,7 +438,7 @@ def timed_fit(model, data, steps: int, keras) -> dict:
 
 
 def tfdata_stream(arrays: dict, batch: int, steps: int, settings, seed: int = 0):
-    from common.training import augmentation_of, training_dataset
+    from common.training.trainer import augmentation_of, training_dataset
 
     count = len(arrays["images"])
     epochs = math.ceil(steps * batch / count) + 1
@@ -469,7 +469,7 @@ def build_and_compile(settings, channels: int, jit: bool = False, policy: str | 
     """The project's model and compilation (``build_model``, ``compile_for``); optionally XLA or a dtype policy."""
     import keras
 
-    from common.training import build_model, compile_for
+    from common.training.trainer import build_model, compile_for
 
     previous = keras.mixed_precision.dtype_policy().name
     if policy:
@@ -804,7 +804,7 @@ def make_feed(arrays: dict, variant: dict, settings, steps: int):
 def study_training_dataset(
     images, masks, batch_size, seed, augmentation, epochs, first_epoch=0, available=None, binary=True, replicas=1
 ):
-    """A stand-in for ``common.training.training_dataset``: the study's Python generator, no prefetch.
+    """A stand-in for ``common.training.trainer.training_dataset``: the study's Python generator, no prefetch.
 
     Same arguments; endless (``fit`` takes ``steps_per_epoch x epochs`` batches). The study's way has
     one device and one expert's binary masks, so ``available``, soft targets and replicas are refused.
@@ -829,8 +829,8 @@ def study_training_dataset(
 def worker_score(job: dict) -> dict:
     """Section 8: run_task on the kidney task, tuned (as is) or study-style (generator input patched in)."""
     start_tensorflow()
-    from common import training
-    from common.pipeline import run_task
+    from common.runs.pipeline import run_task
+    from common.training import trainer as training
 
     kidney = kidney_module()
     settings = kidney.DEMO.replace(batch_size=job["batch"], learning_rate=job["lr"], epochs=job["epochs"], patience=0)
@@ -894,7 +894,7 @@ def worker_experts(job: dict) -> dict:
     the 16 cases from its saved file; the seconds of each and the process's resident memory after it.
     """
     start_tensorflow()
-    from common import training
+    from common.training import trainer as training
 
     training.NETWORKS.enabled = job["pool"]
     arrays = load_kidney(job["data_root"], 128)
@@ -1573,8 +1573,9 @@ def render(state: dict) -> str:
             lines += [
                 "## 1. Training throughput",
                 "",
-                "Kidney demo cases (16 training cases of the seed's split) through `common.training.training_dataset` "
-                "(in-graph augmentation on, parallel map, prefetch), the project's `build_model` and `compile_for` "
+                "Kidney demo cases (16 training cases of the seed's split) through "
+                "`common.training.trainer.training_dataset` (in-graph augmentation on, parallel map, prefetch), "
+                "the project's `build_model` and `compile_for` "
                 "(Adam, soft Dice). Measured with `model.fit`: one untimed warm-up call (tracing, compilation), then "
                 f"{args['repeats']} timed calls of a fixed number of steps; a per-step timestamp callback gives "
                 "images/s between the end of the first and the last step of each call. Each configuration runs in "
@@ -1660,8 +1661,8 @@ def input_section(state: dict) -> list[str]:
     if "error" in data:
         return lines + [f"failed: {data['error'][:500]}", ""]
     lines += [
-        "Iterating `common.training.training_dataset` (augmented batches; the images are preloaded numpy arrays, "
-        "so there is no decoding in it) without a model, after 2 warm-up batches. Loading and preparing: the "
+        "Iterating `common.training.trainer.training_dataset` (augmented batches; the images are preloaded numpy "
+        "arrays, so there is no decoding in it) without a model, after 2 warm-up batches. Loading and preparing: the "
         "project's `load_case` (NIfTI) and `prepare_case` (CT window, resampling to the input size), once per "
         "kidney training case (20 cases, 497 x 497), per case.",
         "",
@@ -1839,10 +1840,10 @@ def experts_section(state: dict) -> list[str]:
         "",
         f"{data['networks']} kidney demo networks (ConvLSTM, depth 4, 8 filters, 128 px, batch 2) trained one after "
         f"another in one process, {data['epochs']} epoch(s) each on 12 training and 4 validation cases, each with "
-        "its own seed, through `common.training.train_expert` (the first step's tracing included), then "
-        "`common.training.predict` of 16 cases from the saved model; once with a new network built for each "
+        "its own seed, through `common.training.trainer.train_expert` (the first step's tracing included), then "
+        "`common.training.trainer.predict` of 16 cases from the saved model; once with a new network built for each "
         "(`NETWORKS.enabled = False`, `keras.backend.clear_session()` after each), once with the pooled network "
-        "(`common.training.NetworkPool`). Seconds and resident memory (MiB) after each network.",
+        "(`common.training.trainer.NetworkPool`). Seconds and resident memory (MiB) after each network.",
         "",
     ]
     runs = data["runs"]
@@ -1872,11 +1873,11 @@ def score_section(state: dict) -> list[str]:
         "## 8. Score at equal model",
         "",
         f"Kidney task 1 (demo preset: ConvLSTM U-Net, depth 4, 8 filters, 128 px), experts {data['experts']}, "
-        "no early stopping, seed 0, through `common.pipeline.run_task` (split, best-epoch choice on the "
+        "no early stopping, seed 0, through `common.runs.pipeline.run_task` (split, best-epoch choice on the "
         "validation cases, prediction, ensemble, QUBIQ score on the 4 held-out cases) every time, each run in "
-        "its own process. Baseline: the study's way, `common.training.training_dataset` replaced (in that "
+        "its own process. Baseline: the study's way, `common.training.trainer.training_dataset` replaced (in that "
         "process only) by the study's Python generator without prefetch, batch 1, and a new network built and "
-        "traced for every expert (`common.training.NETWORKS.enabled = False`). Tuned: the project's pipeline "
+        "traced for every expert (`common.training.trainer.NETWORKS.enabled = False`). Tuned: the project's pipeline "
         f"as is (tf.data stream, one pooled network for all experts) at the batch, learning rate and epochs of "
         f"the row ({data['batch_chosen_by']}). Speed-up: the baseline's wall time over the run's. A score more "
         f"than {tolerance} below the baseline's counts as worse.",

@@ -8,7 +8,7 @@
 The real images cannot be shipped, so the tree is written here at the real sizes: 640 x 640 images
 (every fifth one 960 x 640) stored as gzip-compressed float32 NIfTI, 12 masks per case (2 tasks x 6
 experts, uint8, smooth blobs), case09 without expert 3's masks, as in the release. The check
-(:func:`common.preflight.check_run_data`) is timed three times for each task, after one untimed run that
+(:func:`common.data.check.check_run_data`) is timed three times for each task, after one untimed run that
 warms the page cache (as a second start would find it), and once cold when ``--drop-caches`` is given
 (root only). Prints a markdown table and writes nothing else.
 """
@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.data import discover_cases  # noqa: E402
-from common.preflight import check_run_data  # noqa: E402
+from common.data.cases import discover_cases  # noqa: E402
+from common.data.check import check_run_data  # noqa: E402
 
 
 def write_tree(root: Path, n_train: int = 48, n_validation: int = 7, seed: int = 0) -> Path:

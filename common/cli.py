@@ -248,7 +248,8 @@ def resolve_settings(
 
 DEMO_KINDS = {
     "synthetic": "phantoms of all four datasets (common.demo)",
-    "mni152": "real anatomy, brain tissue drawn by simulated experts on the MNI152 2009a template (common.anatomy)",
+    "mni152": "real anatomy, brain tissue drawn by simulated experts on the MNI152 2009a template "
+    "(common.data.anatomy)",
 }
 
 
@@ -280,7 +281,7 @@ def prepare_demo(spec: DatasetSpec, kind: str, root: Path, seed: int) -> None:
     if kind not in demo_kinds(spec):
         raise ConfigError(f"--demo {kind}: not available for {spec.name} (choose from {', '.join(demo_kinds(spec))})")
     if kind == "mni152":
-        from common.anatomy import ensure_anatomy_demo
+        from common.data.anatomy import ensure_anatomy_demo
 
         print(f"demo data: {root} ({spec.name} on the MNI152 2009a template, generated once from seed {seed})")
         ensure_anatomy_demo(spec, root, seed)
@@ -297,7 +298,7 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     Returns the saved settings with any explicit overrides (a differing override is refused later,
     when the run folder's configuration is compared with the resolved one).
     """
-    from common.pipeline import check_resume_folder
+    from common.runs.pipeline import check_resume_folder
 
     check_resume_folder(args.resume)  # a file, no folder, or a start that died before its config.json
     path = args.resume / "config.json"
@@ -337,9 +338,9 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     parser = build_parser(spec, study, demo, task)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not errors
-    from common.data import DataError
-    from common.pipeline import check_experts, check_task
-    from common.reporting import StorageError
+    from common.data.cases import DataError
+    from common.runs.pipeline import check_experts, check_task
+    from common.runs.storage import StorageError
 
     try:
         if args.gather is not None:
@@ -372,7 +373,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             ):
                 if given:
                     raise ConfigError(f"{flag} applies to a single run, not to cross-validation (--folds/--splits)")
-            from common.crossval import run_cross_validation
+            from common.runs.crossval import run_cross_validation
 
             return run_cross_validation(
                 spec,
@@ -397,7 +398,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             )
         if args.fold is not None:
             raise ConfigError("--fold k picks a fold of a cross-validation: give --folds K (or --splits FILE) too")
-        from common.pipeline import run_task
+        from common.runs.pipeline import run_task
 
         return run_task(
             spec,

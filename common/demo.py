@@ -1088,7 +1088,7 @@ def generate_into_place(
     hint: str = "",
     details: Callable[[], dict] | None = None,
 ) -> Path:
-    """The generate-once mechanism of both demo generators (this module and ``common.anatomy``).
+    """The generate-once mechanism of both demo generators (this module and ``common.data.anatomy``).
 
     ``marker`` records ``want`` (what identifies the generation) and the folders it claims; nothing
     happens when it says complete for ``want``. Otherwise ``generate(tmp)`` writes the dataset into a

@@ -8,8 +8,8 @@ Example (the study's dropout and ConvLSTM findings, on the kidney demo data, 3 f
 ``--vary NAME=V1,V2,...`` names a switch of :mod:`common.switches` and its values; the variants are
 the grid of all combinations (``--design grid``) or the first value of every switch plus one change at a
 time (``--design one-at-a-time``). The first variant, every switch at its first value, is the baseline
-that every other variant is compared with, fold by fold (:mod:`common.comparison`). ``--set NAME=V``
-changes a setting for all variants. Every variant is a cross-validation (:mod:`common.crossval`) on the
+that every other variant is compared with, fold by fold (:mod:`common.evaluation.comparison`). ``--set NAME=V``
+changes a setting for all variants. Every variant is a cross-validation (:mod:`common.runs.crossval`) on the
 same ``splits.json`` with the same seed, so the per-fold differences are paired.
 
 An experiment folder::
@@ -36,7 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.cli import DEMO_KINDS
-from common.comparison import VariantResult, comparison_csv, comparison_rows, format_comparison, paired_comparison
+from common.evaluation.comparison import (
+    VariantResult,
+    comparison_csv,
+    comparison_rows,
+    format_comparison,
+    paired_comparison,
+)
 from common.spec import RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
 
@@ -127,11 +133,11 @@ def run_experiment(
     Returns the comparison (also written to ``comparison.json``): the rows of the table and, per
     variant, its paired comparison with the baseline.
     """
-    from common.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
-    from common.data import discover_cases
-    from common.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir, training_jobs
-    from common.preflight import check_run_data
-    from common.reporting import RunLog, write_atomic, write_json
+    from common.data.cases import discover_cases
+    from common.data.check import check_run_data
+    from common.runs.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
+    from common.runs.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir, training_jobs
+    from common.runs.storage import RunLog, write_atomic, write_json
 
     check_task(spec, task)
     experts = check_experts(spec, experts)
@@ -169,7 +175,7 @@ def run_experiment(
         cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
             data_root, spec.name, "validation", release=release
         )
-        # every file every variant reads, checked before the experiment folder is created (common.preflight)
+        # every file every variant reads, checked before the experiment folder is created (common.data.check)
         check_run_data(
             spec,
             task,
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from common.cli import parse_experts, prepare_demo, resolve_data_root
-    from common.data import DataError
+    from common.data.cases import DataError
 
     try:
         saved = {}

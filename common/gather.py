@@ -9,7 +9,7 @@ one expert per job, all writing into the same run folder::
     python Kidney.py --out RUN --experts 3 --train-only      # job 3
     python -m common.gather RUN                              # once all have finished (or Kidney.py --gather RUN)
 
-A job (:func:`common.pipeline.run_task` with ``train_only``) creates the run folder, or joins it when
+A job (:func:`common.runs.pipeline.run_task` with ``train_only``) creates the run folder, or joins it when
 its ``config.json`` was written by another job of the same run: the jobs must agree on everything that
 defines the run (dataset, task, seed, settings, data root, split, the planned ensemble, test
 predictions), otherwise the job is refused before it writes anything. The planned ensemble is every
@@ -21,7 +21,7 @@ left alone, and one interrupted mid-training continues from its backup, as with 
 
 Gathering (:func:`gather_run`) imports no TensorFlow and recomputes nothing: it checks that every
 planned expert is finished, averages the saved per-expert maps into the ensemble's maps, scores them
-with the code a one-process run uses (:func:`common.pipeline.report_run`), and writes what such a run
+with the code a one-process run uses (:func:`common.runs.pipeline.report_run`), and writes what such a run
 writes: ``results.json`` (with the uncertainty metrics), ``dice_matrix.csv``, the ensemble maps, the
 plots, and the table in ``run.log`` (after the jobs' logs).
 
@@ -43,9 +43,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data import Case, DataError, discover_cases, load_case
-from common.ensemble import MapAverager
-from common.pipeline import (
+from common.data.cases import Case, DataError, discover_cases, load_case
+from common.evaluation.ensemble import MapAverager
+from common.evaluation.predictions import prediction_path, read_prediction, write_prediction
+from common.runs.pipeline import (
     EXPERTS_FOLDER,
     PREDICTIONS_FOLDER,
     RESULT_FILE,
@@ -56,14 +57,13 @@ from common.pipeline import (
     prepare_case,
     report_run,
 )
-from common.predictions import prediction_path, read_prediction, write_prediction
-from common.reporting import RunLog
+from common.runs.storage import RunLog
 from common.spec import ConfigError, DatasetSpec, Settings
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 JOBS_FOLDER = "jobs"
-#: The training log of each expert (``common.training.LOG_FILE``; not imported: it would import TensorFlow).
+#: The training log of each expert (``common.training.trainer.LOG_FILE``; not imported: it would import TensorFlow).
 TRAINING_LOG = "training_log.csv"
 MODEL_FILE = "model.keras"
 #: config.json entries on which all jobs of one run must agree.

@@ -14,7 +14,7 @@ No case is left out in silence. The cases that must have a map are:
 
 - ``--cases``, when given;
 - else, when ``--pred`` is a run's ``predictions/`` folder (or its ``<dataset>`` folder) and the run
-  folder above it holds ``config.json`` (:func:`common.pipeline.run_task`, also each ``foldK/`` of a
+  folder above it holds ``config.json`` (:func:`common.runs.pipeline.run_task`, also each ``foldK/`` of a
   cross-validation): the run's held-out cases (``split.held_out``) that are in ``--split`` (a fold's
   held-out cases of the validation split are scored with ``--split validation``). A run predicts only
   its held-out and validation cases (its training cases have no map), and its score is that of its
@@ -49,15 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import Case, DataError, discover_cases, load_mask, natural_key
-from common.predictions import find_predictions, read_prediction
-from common.reporting import StorageError, dice_matrix_csv, dice_table_lines, write_atomic, write_json
-from common.scoring import score_cases
+from common.data.cases import Case, DataError, discover_cases, load_mask, natural_key
+from common.evaluation.predictions import find_predictions, read_prediction
+from common.evaluation.report import dice_matrix_csv, dice_table_lines
+from common.evaluation.scoring import score_cases
+from common.runs.storage import StorageError, write_atomic, write_json
 from common.spec import RELEASE_NAMES, SPLITS, ConfigError
 
 RESULTS_FILE = "results.json"
 DICE_MATRIX_FILE = "dice_matrix.csv"
-#: A run folder's maps and its record (as :mod:`common.pipeline` writes them; not imported, to keep this light).
+#: A run folder's maps and its record (as :mod:`common.runs.pipeline` writes them; not imported, to keep this light).
 PREDICTIONS_FOLDER = "predictions"
 RUN_CONFIG_FILE = "config.json"
 #: The start of a ``not_scored`` reason for a case without a map.
@@ -150,7 +151,7 @@ def score_folder(
             (see the module docstring).
         allow_missing: score the cases that have a map and list the others in ``not_scored``, instead of
             refusing.
-        release: ``"2020"`` or ``"2021"`` when ``data_root`` holds both (:func:`common.data.find_release`).
+        release: ``"2020"`` or ``"2021"`` when ``data_root`` holds both (:func:`common.data.cases.find_release`).
 
     Returns:
         ``score``, ``per_threshold`` (``{"0.1": ..., ...}``, as in a run's ``results.json``),

@@ -17,22 +17,22 @@ class ConfigError(ValueError):
 
 SPLITS = ("train", "validation", "test")
 
-#: Training losses (see :mod:`common.losses`): soft Dice, or soft Dice plus binary cross-entropy.
+#: Training losses (see :mod:`common.training.losses`): soft Dice, or soft Dice plus binary cross-entropy.
 LOSS_NAMES = ("dice", "dice+bce")
 
-#: How the experts' masks are learned (see :mod:`common.pipeline`): one network per expert (the study),
+#: How the experts' masks are learned (see :mod:`common.runs.pipeline`): one network per expert (the study),
 #: one network with a head per expert, or one network trained on the mean expert mask.
 STRATEGIES = ("per-expert", "multi-head", "soft-label")
 
 #: ``--distribute``: how each network's training uses the local devices (see
-#: ``common.training.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
+#: ``common.training.trainer.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
 #: what is trained.
 DISTRIBUTE_CHOICES = ("none", "mirrored")
 
 #: The QUBIQ releases as distributed: release -> split -> the accepted names of the split's top folder,
 #: preferred first (``<root>/<top>/<dataset>/[<level>/]caseNN``). 2021 is handed out as ``*_QC`` zips; the
 #: non-QC copies of the same cases still circulate, so both names are accepted (but not both at once).
-#: :func:`common.data.find_release` reads this table; ``SPLIT_FOLDERS`` below is derived from it.
+#: :func:`common.data.cases.find_release` reads this table; ``SPLIT_FOLDERS`` below is derived from it.
 RELEASES: dict[str, dict[str, tuple[str, ...]]] = {
     "2020": {
         "train": ("training_data_v2",),
@@ -152,10 +152,10 @@ class Settings:
         strategy: ``"per-expert"`` (the study: one network per expert, maps averaged), ``"multi-head"``
             (one network, one sigmoid head per expert, heads averaged) or ``"soft-label"`` (one network
             trained on the mean expert mask with a squared-denominator soft Dice, minimised at the
-            mean, see ``common.losses.SoftLabelLoss``; ``loss`` does not apply).
+            mean, see ``common.training.losses.SoftLabelLoss``; ``loss`` does not apply).
         mixed_precision: compute in 16-bit floats where the hardware does it natively (bfloat16 on a
             CPU with AVX512-BF16 or AMX, float16 on a GPU), keeping the weights, the sigmoid output
-            and the losses in float32 (see ``common.training.precision_policy``). It changes the
+            and the losses in float32 (see ``common.training.trainer.precision_policy``). It changes the
             arithmetic, so it is a setting recorded with the run, not a runtime option.
         convlstm_backwards: the ConvLSTM merge reads its two-step sequence (skip, upsampled) backwards,
             as the study's and BCDU-Net's code do (``go_backwards=True``): its last step, the one that
@@ -165,7 +165,7 @@ class Settings:
         keep: ``"last"`` (the study's: the weights after the last epoch trained) or ``"best"`` (those of
             the epoch with the best validation loss).
         fit: ``"crop"`` (the study's: centre-crop an axis longer than the input, zero-pad a shorter one)
-            or ``"resample"`` (resample a larger image to fit, then pad); see ``common.preprocessing``.
+            or ``"resample"`` (resample a larger image to fit, then pad); see ``common.data.preprocessing``.
         augment_validation: augment the validation images like the training ones (the study's
             generator did), anew each epoch; False validates on the images as they are.
         dice_smooth: the additive smoothing of the soft Dice loss (the study's: 0, plain

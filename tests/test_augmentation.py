@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.augmentation import Augmentation, affine_transform, apply_transform, random_transform
-from common.training import training_dataset
+from common.training.augmentation import Augmentation, affine_transform, apply_transform, random_transform
+from common.training.trainer import training_dataset
 
 H, W = 6, 8
 IMAGE = np.arange(H * W, dtype=np.float32).reshape(H, W, 1)

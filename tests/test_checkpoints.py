@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.training import BACKUP_FILE, BACKUP_STATE, MODEL_FILE, EpochRecorder
+from common.training.trainer import BACKUP_FILE, BACKUP_STATE, MODEL_FILE, EpochRecorder
 
 
 def tiny_model():

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from common.comparison import VariantResult, comparison_csv, comparison_rows, format_comparison, paired_comparison
+from common.evaluation.comparison import (
+    VariantResult,
+    comparison_csv,
+    comparison_rows,
+    format_comparison,
+    paired_comparison,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 BASE = [0.80, 0.82, 0.84]
@@ -258,7 +264,7 @@ def test_comparison_csv_parses_back_to_the_same_numbers():
 
 
 def test_module_does_not_import_tensorflow():
-    code = "import sys, common.comparison; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, common.evaluation.comparison; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT).returncode == 0
 
 

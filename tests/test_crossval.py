@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
-from common.crossval import (
+from common.runs.crossval import (
     RESULTS_FILE,
     SPLITS_FILE,
     check_folds,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import write_case, write_cases, write_nifti
 
-from common.data import (
+from common.data.cases import (
     DataError,
     DataWarning,
     MaskValueWarning,

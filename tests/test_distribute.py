@@ -28,9 +28,10 @@ import numpy as np
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
-from common import crossval, training
 from common.cli import build_parser, main
+from common.runs import crossval
 from common.spec import ConfigError, Settings
+from common.training import trainer as training
 
 ROOT = Path(__file__).resolve().parents[1]
 Prostate = importlib.import_module("Prostate")
@@ -47,7 +48,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 
-from common import training
+from common.training import trainer as training
 from common.spec import ConfigError, Settings
 
 out = Path(sys.argv[1])
@@ -208,7 +209,7 @@ def test_distribute_reaches_run_task_and_config(monkeypatch, tmp_path):
         seen.update(kwargs)
         return {}
 
-    monkeypatch.setattr("common.pipeline.run_task", fake_run_task)
+    monkeypatch.setattr("common.runs.pipeline.run_task", fake_run_task)
     argv = ["--data-root", str(tmp_path), "--out", str(tmp_path / "run"), "--distribute", "mirrored"]
     main(Prostate.DATASET, Prostate.STUDY, Prostate.DEMO, Prostate.task, argv)
     assert seen["distribute"] == "mirrored"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.ensemble import MapAverager
+from common.evaluation.ensemble import MapAverager
 
 
 def test_mean_of_maps_per_case():

@@ -1,7 +1,7 @@
 """`--preset study` builds and trains the original study's networks: checked layer by layer (docs/fidelity.md).
 
 The expected layer sequence is written here from the original code's description (QUBIQ.md, "The
-original study"), independently of common.models: 5 levels of two 3x3 convolution + batch norm + ReLU,
+original study"), independently of common.training.models: 5 levels of two 3x3 convolution + batch norm + ReLU,
 2x2 max pooling, spatial dropout; the bottleneck block; per decoder level a 3x3 stride-2 transposed
 convolution, the merge (concatenation, or the two-step sequence into a backwards ConvLSTM2D with half
 the filters), spatial dropout, the conv block; a 1x1 sigmoid convolution. Keras's default initialisers
@@ -17,7 +17,7 @@ import Brain_Tumor
 import Kidney
 import Prostate
 from common.switches import preset
-from common.training import build_model
+from common.training.trainer import build_model
 
 BLOCK = ["Conv2D", "BatchNormalization", "Activation"] * 2
 
@@ -125,8 +125,8 @@ def test_run_folders_written_before_the_studys_procedure_keep_theirs():
 
 
 def test_augmented_validation_is_a_function_of_seed_and_epoch():
-    from common.augmentation import Augmentation
-    from common.training import augmented_validation_dataset
+    from common.training.augmentation import Augmentation
+    from common.training.trainer import augmented_validation_dataset
 
     rng = np.random.default_rng(0)
     images = rng.random((3, 16, 16, 1)).astype("float32")

@@ -12,11 +12,11 @@ import pytest
 from helpers import SPEC, TINY, make_toy_root
 
 from common import cli
-from common.crossval import RESULTS_FILE as CV_RESULTS
-from common.crossval import run_cross_validation
+from common.evaluation.predictions import prediction_path, read_prediction
 from common.gather import claim_config, gather_run, job_command
-from common.pipeline import run_task
-from common.predictions import prediction_path, read_prediction
+from common.runs.crossval import RESULTS_FILE as CV_RESULTS
+from common.runs.crossval import run_cross_validation
+from common.runs.pipeline import run_task
 from common.score import score_folder
 from common.spec import ConfigError
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from common import locks
-from common.locks import LOCK_FILE, LockHeld, LockWarning, NetworkLock
-from common.reporting import StorageError
+from common.runs import locks
+from common.runs.locks import LOCK_FILE, LockHeld, LockWarning, NetworkLock
+from common.runs.storage import StorageError
 from common.spec import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_a_second_acquire_refuses_and_names_the_holder(tmp_path, use_flock):
 
 HOLD = """
 import sys, time
-from common.locks import NetworkLock
+from common.runs.locks import NetworkLock
 NetworkLock(sys.argv[1], "seg02", use_flock=sys.argv[2] == "flock").acquire()
 print("locked", flush=True)
 time.sleep(120)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss, dice_coefficient, make_loss
+from common.training.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss, dice_coefficient, make_loss
 
 
 def batch(*images):

@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from common import training
 from common.cli import build_parser, resolve_settings
 from common.experiment import parse_assignment
-from common.pipeline import check_resumable
+from common.runs.pipeline import check_resumable
 from common.spec import ConfigError, Settings
 from common.switches import SWITCHES, parse_value
+from common.training import trainer as training
 
 Kidney = importlib.import_module("Kidney")
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.models import build_unet
+from common.training.models import build_unet
 
 TINY = dict(depth=2, base_filters=4)
 

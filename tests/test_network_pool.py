@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from common import training
 from common.spec import Settings
+from common.training import trainer as training
 
 TINY = Settings(
     input_size=32,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
-from common.data import DataError
-from common.pipeline import check_experts, check_task, choose_held_out, new_run_dir, run_task
+from common.data.cases import DataError
+from common.runs.pipeline import check_experts, check_task, choose_held_out, new_run_dir, run_task
 from common.score import score_folder
 from common.spec import ConfigError, DatasetSpec
 

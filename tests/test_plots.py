@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex, to_rgba
 from matplotlib.contour import ContourSet
 from matplotlib.image import AxesImage
 
-from common import plots
+from common.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 THRESHOLDS = [j / 10 for j in range(1, 10)]
@@ -373,7 +373,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monk
 
 def test_importing_plots_touches_neither_pyplot_nor_tensorflow():
     code = (
-        "import sys, common.plots; "
+        "import sys, common.evaluation.plots; "
         "assert 'matplotlib.pyplot' not in sys.modules; assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import write_nifti
 
-from common.data import DataError
-from common.predictions import find_predictions, prediction_path, read_prediction, write_prediction
+from common.data.cases import DataError
+from common.evaluation.predictions import find_predictions, prediction_path, read_prediction, write_prediction
 
 #: 0.8 mm pixels, 3 mm slices, shifted: a map written with the identity instead would not overlay the image
 AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 3.0, 2.0], [0, 0, 0, 1]])

@@ -1,4 +1,4 @@
-"""The data check before any training (common.preflight): every problem at once, nothing created."""
+"""The data check before any training (common.data.check): every problem at once, nothing created."""
 
 import gzip
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from helpers import SPEC, TINY, make_toy_root, write_nifti
 
-from common.data import DataError, discover_cases
-from common.pipeline import run_task
-from common.preflight import check_run_data
+from common.data.cases import DataError, discover_cases
+from common.data.check import check_run_data
+from common.runs.pipeline import run_task
 
 
 @pytest.fixture()
@@ -129,7 +129,7 @@ def test_run_task_refuses_bad_data_before_creating_the_run_folder(toy_root, tmp_
 
 
 def test_cross_validation_refuses_bad_data_before_creating_its_folder(toy_root, tmp_path):
-    from common.crossval import run_cross_validation
+    from common.runs.crossval import run_cross_validation
 
     truncate(case_folder(toy_root, "case03") / "task01_seg01.nii.gz")
     out = tmp_path / "cv"

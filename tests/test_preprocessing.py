@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.preprocessing import (
+from common.data.preprocessing import (
     Geometry,
     apply_ct_window,
     from_input,
@@ -12,7 +12,7 @@ from common.preprocessing import (
     rescale_intensity,
     to_input,
 )
-from common.scoring import dice
+from common.evaluation.scoring import dice
 
 
 def test_ct_window_then_rescale():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import write_cases
 
-from common.data import DataError, Release, case_key, discover_cases, find_release, load_case
+from common.data.cases import DataError, Release, case_key, discover_cases, find_release, load_case
 from common.spec import RELEASES, SPLIT_FOLDERS, ConfigError, DatasetSpec
 
 PROSTATE = DatasetSpec(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
-from common.data import DataError
-from common.pipeline import check_resume_folder, config_differences, failed_start, prepare_run_dir, run_task
+from common.data.cases import DataError
+from common.runs.pipeline import check_resume_folder, config_differences, failed_start, prepare_run_dir, run_task
 from common.spec import ConfigError
 
 SETTINGS = TINY.replace(epochs=1)
@@ -205,7 +205,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from common.locks import NetworkLock
+    from common.runs.locks import NetworkLock
     with NetworkLock(Path(sys.argv[1]), "seg01"):
         print("held", flush=True)
         time.sleep(120)
@@ -246,12 +246,12 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_run_stays_resumable(t
     import errno
 
     import Kidney  # noqa: F401  (the scripts' command line; the toy spec goes through common.cli.main)
-    from common import reporting
     from common.cli import main
+    from common.runs import storage
 
     run = copy_of(trained, tmp_path)
     (run / "results.json").unlink()
-    real = reporting.os.replace
+    real = storage.os.replace
 
     def full(source, target, *args, **kwargs):
         if Path(target).name == "results.json":
@@ -259,12 +259,12 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_run_stays_resumable(t
         return real(source, target, *args, **kwargs)
 
     argv = ["--resume", str(run), "--quiet", "--no-plots"]
-    reporting.os.replace = full
+    storage.os.replace = full
     try:
         with pytest.raises(SystemExit) as caught:
             main(SPEC, SETTINGS, SETTINGS, 1, argv)
     finally:
-        reporting.os.replace = real
+        storage.os.replace = real
     error = capsys.readouterr().err
     assert caught.value.code == 2 and "Traceback" not in error
     assert "No space left on device" in error and str(run) in error and f"--resume {run}" in error

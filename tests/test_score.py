@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import write_case, write_nifti
 
-from common.data import DataError
-from common.predictions import prediction_path, write_prediction
+from common.data.cases import DataError
+from common.evaluation.predictions import prediction_path, write_prediction
+from common.evaluation.scoring import score_cases
 from common.score import main, score_folder
-from common.scoring import score_cases
 
 PROJECT = Path(__file__).resolve().parents[1]
 

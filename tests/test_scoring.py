@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.scoring import THRESHOLDS, case_score, consensus_at, dice, score_cases, threshold_dice
+from common.evaluation.scoring import THRESHOLDS, case_score, consensus_at, dice, score_cases, threshold_dice
 
 
 def stack(*masks):

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.reporting import RunLog, StorageError, write_atomic, write_json
-from common.training import LOG_FILE, save_model_atomic, write_log
+from common.runs.storage import RunLog, StorageError, write_atomic, write_json
+from common.training.trainer import LOG_FILE, save_model_atomic, write_log
 
 
 def os_error(code: int) -> OSError:

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 from helpers import SPEC, TINY, make_toy_root
 
-from common.augmentation import apply_transform
-from common.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
-from common.models import build_unet
-from common.pipeline import PreparedCase, job_targets, run_task, training_jobs
+from common.runs.pipeline import PreparedCase, job_targets, run_task, training_jobs
 from common.spec import ConfigError, Settings
+from common.training.augmentation import apply_transform
+from common.training.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
+from common.training.models import build_unet
 
 
 def case(masks: dict[int, float]) -> PreparedCase:
@@ -112,7 +112,7 @@ def test_soft_label_loss_is_minimised_at_the_target(g):
     values = [SoftLabelLoss()(target, np.full((1, 2, 2, 1), p, np.float32)).numpy() for p in grid]
     assert grid[int(np.argmin(values))] == pytest.approx(min(max(g, 0.01), 0.99), abs=0.006)
     soft_dice_values = [SoftDiceLoss()(target, np.full((1, 2, 2, 1), p, np.float32)).numpy() for p in grid]
-    if 0 < g < 1:  # soft Dice pushes away from g (module docstring of common.losses)
+    if 0 < g < 1:  # soft Dice pushes away from g (module docstring of common.training.losses)
         assert abs(grid[int(np.argmin(soft_dice_values))] - g) > 0.1
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from common.cli import build_parser, resolve_settings
-from common.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss
-from common.preprocessing import normalise_image
+from common.data.preprocessing import normalise_image
 from common.spec import LOSS_NAMES, ConfigError, Settings
 from common.switches import (
     SWITCHES,
@@ -22,7 +21,8 @@ from common.switches import (
     preset,
     show_value,
 )
-from common.training import EpochRecorder, augmentation_of, build_model, training_dataset
+from common.training.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss
+from common.training.trainer import EpochRecorder, augmentation_of, build_model, training_dataset
 
 Kidney = importlib.import_module("Kidney")
 BrainGrowth = importlib.import_module("Brain_Growth")
@@ -247,7 +247,7 @@ def test_ct_window_switch_changes_the_intensities():
 
 
 def test_loss_switch_compiles_that_loss(tmp_path):
-    from common.training import train_expert
+    from common.training.trainer import train_expert
 
     rng = np.random.default_rng(0)
     images = rng.random((2, 16, 16, 1)).astype(np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.uncertainty import (
+from common.evaluation.uncertainty import (
     LOWER_IS_BETTER,
     METRICS,
     brier_score,
@@ -177,9 +177,9 @@ def test_expected_calibration_error_bins_stored_values_as_the_score_reads_them(p
 
 def test_calibration_bin_is_the_number_of_thresholds_the_score_reaches():
     """With 10 bins, a stored float32 value's bin is the count of the score's thresholds t it reaches
-    (``p >= t - PREDICTION_TOLERANCE``, the comparison of :func:`common.scoring.threshold_dice`)."""
-    from common.scoring import PREDICTION_TOLERANCE, TENTHS
-    from common.uncertainty import _calibration_bins
+    (``p >= t - PREDICTION_TOLERANCE``, the comparison of :func:`common.evaluation.scoring.threshold_dice`)."""
+    from common.evaluation.scoring import PREDICTION_TOLERANCE, TENTHS
+    from common.evaluation.uncertainty import _calibration_bins
 
     stored = np.array(
         [j / 10 + d for j in range(11) for d in (-2e-6, -5e-7, -1e-7, 0.0, 1e-7, 0.05) if 0 <= j / 10 + d <= 1],
@@ -357,5 +357,8 @@ def test_input_errors(call, message):
 
 
 def test_does_not_import_tensorflow():
-    code = "import sys, common.uncertainty; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = (
+        "import sys, common.evaluation.uncertainty; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True)

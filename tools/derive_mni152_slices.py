@@ -1,4 +1,4 @@
-"""Derive ``common/assets/mni152_slices.npz`` from the MNI ICBM152 2009a template bundled in nilearn.
+"""Derive ``common/data/assets/mni152_slices.npz`` from the MNI ICBM152 2009a template bundled in nilearn.
 
 Run once, from the repository root, in a separate environment that has nilearn (the project itself
 does not depend on nilearn; it only reads the small file this script writes)::
@@ -25,7 +25,7 @@ What it writes (``np.savez_compressed``):
 - ``spacing_mm``: float32 ``(2,)``, the pixel spacing (rows, cols) in mm.
 - ``source``: a string naming nilearn's version, the files and this derivation.
 
-The licence of the template is in ``common/assets/MNI152_LICENSE.txt``; keep it with the file.
+The licence of the template is in ``common/data/assets/MNI152_LICENSE.txt``; keep it with the file.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "common" / "assets" / "mni152_slices.npz"
+DEFAULT_OUT = REPO / "common" / "data" / "assets" / "mni152_slices.npz"
 
 #: The planes: from just above the tentorium to near the vertex (supratentorial brain), MNI z in mm.
 Z_FIRST, Z_LAST = -3.0, 69.0

@@ -20,8 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data import DataError, natural_key, read_nifti
-from common.reporting import replaced_atomically
+from common.data.cases import DataError, natural_key, read_nifti
+from common.runs.storage import replaced_atomically
 
 EXPERTS_SUBFOLDER = "experts"
 ENSEMBLE_PATTERN = re.compile(r"^task(\d+)\.nii(\.gz)?$")

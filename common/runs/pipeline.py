@@ -17,11 +17,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data import Case, DataError, LoadedCase, discover_cases
-from common.ensemble import MapAverager
-from common.preprocessing import Geometry, from_input, mask_to_input, normalise_image, to_input
-from common.reporting import RunLog, dice_matrix_csv, format_table, retrain_hint, versions, write_atomic, write_json
-from common.scoring import score_cases
+from common.data.cases import Case, DataError, LoadedCase, discover_cases
+from common.data.preprocessing import Geometry, from_input, mask_to_input, normalise_image, to_input
+from common.evaluation.ensemble import MapAverager
+from common.evaluation.report import dice_matrix_csv, format_table, versions
+from common.evaluation.scoring import score_cases
+from common.runs.storage import RunLog, retrain_hint, write_atomic, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
 
 EXPERTS_FOLDER = "experts"
@@ -125,8 +126,8 @@ def failed_start(folder: Path) -> list[str] | None:
 
 
 def check_no_live_lock(folder: Path) -> None:
-    """Refuse a folder in which a running process holds a network's lock (:mod:`common.locks`)."""
-    from common.locks import LOCK_FILE, NetworkLock
+    """Refuse a folder in which a running process holds a network's lock (:mod:`common.runs.locks`)."""
+    from common.runs.locks import LOCK_FILE, NetworkLock
 
     for path in sorted(Path(folder).rglob(LOCK_FILE)):
         with NetworkLock(path, f"{path.parent.name} in {folder}"):
@@ -321,12 +322,12 @@ def job_targets(
 def uncertainty_metrics(
     ensemble: dict[str, np.ndarray], truth: dict[str, np.ndarray], member_maps: dict[str, dict[str, np.ndarray]]
 ) -> dict:
-    """GED, Hungarian IoU, ECE, Brier and soft Dice per case and their means (:mod:`common.uncertainty`).
+    """GED, Hungarian IoU, ECE, Brier and soft Dice per case and their means (:mod:`common.evaluation.uncertainty`).
 
     The samples are the members of the ensemble (each expert's network, or each head) binarised at
     0.5; with no members (soft-label: one map) the sample-based metrics are None, not invented.
     """
-    from common.uncertainty import case_metrics, mean_metrics
+    from common.evaluation.uncertainty import case_metrics, mean_metrics
 
     per_case = {}
     for case_id, prediction in ensemble.items():
@@ -401,12 +402,12 @@ def open_run_dir(
 
 
 def network_locks(run_dir: Path, jobs: list[TrainingJob]) -> contextlib.ExitStack:
-    """Hold the lock of every network this process trains (:mod:`common.locks`), released on exit.
+    """Hold the lock of every network this process trains (:mod:`common.runs.locks`), released on exit.
 
     Taken before anything of the networks is written (their logs, the job's log), so that a second
     process meant to train one of them refuses, naming the first, instead of training it too.
     """
-    from common.locks import LOCK_FILE, NetworkLock
+    from common.runs.locks import LOCK_FILE, NetworkLock
 
     stack = contextlib.ExitStack()
     try:
@@ -530,12 +531,12 @@ def run_task(
 
     The held-out cases are ``spec.n_held_out`` training cases drawn from ``seed``, the official
     validation cases choose the best epoch, and the other training cases train. ``split`` (a fold of
-    :mod:`common.crossval`: case ids under ``train``, ``validation`` and ``held_out``, drawn from
+    :mod:`common.runs.crossval`: case ids under ``train``, ``validation`` and ``held_out``, drawn from
     both the training and the validation folders) replaces that choice.
 
     Before anything is created, every file the run uses is read and checked, and every problem is
-    reported at once (:func:`common.preflight.check_run_data`); ``release`` picks the QUBIQ release
-    when ``data_root`` holds both (:func:`common.data.find_release`). ``out`` may be a folder that a
+    reported at once (:func:`common.data.check.check_run_data`); ``release`` picks the QUBIQ release
+    when ``data_root`` holds both (:func:`common.data.cases.find_release`). ``out`` may be a folder that a
     start left without any trained network: it is reused (:func:`prepare_run_dir`). Each network this
     call trains holds its lock (:func:`network_locks`) from before its first file is written.
 
@@ -544,7 +545,7 @@ def run_task(
     trains (:func:`check_saved_networks`).
 
     ``distribute`` (``"none"`` or ``"mirrored"``) is how each network trains on the local devices
-    (:func:`common.training.train_expert`); a runtime choice, recorded through ``extra_config`` by the
+    (:func:`common.training.trainer.train_expert`); a runtime choice, recorded through ``extra_config`` by the
     command line, and free to differ when a run is resumed.
 
     With ``train_only`` this is one job of a run split into jobs (:mod:`common.gather`): ``out`` is
@@ -564,8 +565,8 @@ def run_task(
 
         check_job_options(settings, out, resume)
         planned = check_experts(spec, None)
-    from common.data import find_release
-    from common.preflight import check_run_data, collected_warnings
+    from common.data.cases import find_release
+    from common.data.check import check_run_data, collected_warnings
 
     found: list[str] = []  # the data's warnings: printed now, written to the run's log once it exists
     with collected_warnings(found, log):
@@ -594,7 +595,7 @@ def run_task(
         split_record = roles
     by_id = {c.case_id: c for c in train_cases + validation_cases}
     jobs = training_jobs(settings.strategy, experts, seed)
-    # Every file the run uses is read and checked before anything is created (common.preflight).
+    # Every file the run uses is read and checked before anything is created (common.data.check).
     checked = check_run_data(
         spec,
         task,
@@ -648,7 +649,7 @@ def run_task(
         check_resumable(json.loads((run_dir / "config.json").read_text()), config, run_dir)
     check_saved_networks(run_dir, [job.folder for job in jobs], "--resume" if not train_only else "--train-only")
     # Training imports TensorFlow; everything above fails fast without it.
-    from common import training
+    from common.training import trainer as training
 
     if train_only:  # all jobs of the run write (or find) the same config.json, before any takes a lock
         claim_config(run_dir, {**config, "versions": versions(), "split": record.to_dict()})
@@ -670,7 +671,7 @@ def run_task(
         runlog.to_file(checked.summary())
         if checkpoint_seconds is None:
             checkpoint_seconds = training.CHECKPOINT_SECONDS
-        from common.predictions import prediction_path, write_prediction
+        from common.evaluation.predictions import prediction_path, write_prediction
 
         training.seed_everything(seed, deterministic)
         held = set(held_out)
@@ -869,7 +870,7 @@ def write_plots(
     logs: dict[str, Path],
 ) -> None:
     """Dice against threshold, one figure per held-out case, and the training curves."""
-    from common import plots
+    from common.evaluation import plots
 
     what = f"{spec.title}, task {task} ({spec.task_name(task)})"
     plots.plot_dice_vs_threshold(

@@ -1,22 +1,16 @@
-"""What a run prints and writes: the Dice table, ``results.json``, ``dice_matrix.csv``, ``config.json``."""
+"""The run folder's files written safely: atomic replacement, the run's log, and a full disk's one-line error."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as _dt
 import errno
-import io
 import json
 import os
-import platform
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-from common.scoring import THRESHOLDS
 
 
 class StorageError(OSError):
@@ -135,100 +129,6 @@ class RunLog:
                 handle.write(text)
         except OSError as error:
             raise StorageError(self.path, error, action="append to") from error
-
-
-def versions() -> dict[str, str]:
-    """Versions worth recording next to results."""
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("numpy", "tensorflow", "keras", "nibabel", "skimage"):
-        module = sys.modules.get(name)
-        if module is not None:
-            found[name] = getattr(module, "__version__", "unknown")
-    return found
-
-
-def dice_matrix_csv(scores: dict) -> str:
-    """Held-out cases x thresholds, a per-case mean column and a final ``mean`` row."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["case", *[f"t={t:.1f}" for t in THRESHOLDS], "mean"])
-    for case_id, row in zip(scores["cases"], scores["dice"], strict=True):
-        writer.writerow([case_id, *[f"{v:.6f}" for v in row], f"{np.mean(row):.6f}"])
-    writer.writerow(["mean", *[f"{v:.6f}" for v in scores["per_threshold"]], f"{scores['score']:.6f}"])
-    return out.getvalue()
-
-
-UNCERTAINTY_LABELS = {
-    "ged": "GED",
-    "hungarian_iou": "Hungarian IoU",
-    "ece": "ECE",
-    "brier": "Brier",
-    "soft_dice": "soft Dice",
-}
-
-
-def uncertainty_line(means: dict[str, float | None]) -> str:
-    """The uncertainty metrics' means in one line; a metric that does not apply says so."""
-    shown = [f"{label} {means[key]:.4f}" for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is not None]
-    missing = [label for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is None]
-    line = "Uncertainty metrics (mean over the cases): " + ", ".join(shown)
-    if missing:
-        line += f"; {' and '.join(missing)}: not applicable (one map, no samples)"
-    return line
-
-
-def format_table(
-    title: str,
-    ensemble: dict,
-    experts: dict[str, dict],
-    references: dict[str, float],
-    strategy: str = "per-expert",
-    uncertainty: dict[str, float | None] | None = None,
-) -> str:
-    """The printed report; its last line is the overall score."""
-    lines = [
-        title,
-        "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):",
-        *dice_table_lines(ensemble),
-    ]
-    lines.append("")
-    if experts:
-        kind = "head of the multi-head network" if strategy == "multi-head" else "own network"
-        lines.append(f"Each expert's {kind} against the consensus:")
-        for name, result in experts.items():
-            lines.append(f"  {name}: {result['score']:.4f}")
-    lines.append(
-        "Trivial predictions on the same cases, for reference: "
-        + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items())
-    )
-    if uncertainty is not None:
-        lines.append(uncertainty_line(uncertainty))
-    lines.append("")
-    what = {
-        "per-expert": f"ensemble of {len(experts)} expert network(s)",
-        "multi-head": f"mean of {len(experts)} expert head(s) of one network",
-        "soft-label": "one network trained on the mean expert mask",
-    }[strategy]
-    lines.append(f"QUBIQ score ({what}): {ensemble['score']:.4f}")
-    return "\n".join(lines)
-
-
-def dice_table_lines(scores: dict) -> list[str]:
-    """The cases x thresholds Dice table with a mean column and a final ``mean`` row.
-
-    ``scores`` as returned by :func:`common.scoring.score_cases` (``per_threshold`` a list). The same
-    layout as the table in :func:`format_table`.
-    """
-    case_width = max(8, *(len(c) for c in scores["cases"]))
-    header = f"{'case':<{case_width}} " + " ".join(f"{t:>5.1f}" for t in THRESHOLDS) + "   mean"
-    rule = "-" * len(header)
-    lines = [rule, header, rule]
-    for case_id, row in zip(scores["cases"], scores["dice"], strict=True):
-        lines.append(f"{case_id:<{case_width}} " + " ".join(f"{v:5.3f}" for v in row) + f"  {np.mean(row):5.3f}")
-    lines.append(rule)
-    means = " ".join(f"{v:5.3f}" for v in scores["per_threshold"])
-    lines.append(f"{'mean':<{case_width}} {means}  {scores['score']:5.3f}")
-    return lines
 
 
 def retrain_hint(run_dir: Path, network: Path, what: str = "--resume") -> str:

@@ -2,8 +2,8 @@
 
 Where :mod:`common.demo` paints phantoms, this module starts from real anatomy: axial slices of
 the MNI ICBM 152 non-linear symmetric 2009a template (skull-stripped T1 and its grey- and
-white-matter probability maps), shipped as ``common/assets/mni152_slices.npz`` (derived once with
-``tools/derive_mni152_slices.py``; licence and source in ``common/assets/MNI152_LICENSE.txt``).
+white-matter probability maps), shipped as ``common/data/assets/mni152_slices.npz`` (derived once with
+``tools/derive_mni152_slices.py``; licence and source in ``common/data/assets/MNI152_LICENSE.txt``).
 Only numpy, scikit-image and nibabel are needed at run time, not nilearn.
 
 Each case:
@@ -29,7 +29,7 @@ stay out).  The experts thus disagree where the tissue probability is graded, at
 boundary, and the consensus takes values k/n there.  Masks are uint8 0/1; test cases get no masks,
 as in QUBIQ.
 
-``python -m common.anatomy --out demo_data/mni152-seed0 --seed 0`` generates it (once: see
+``python -m common.data.anatomy --out demo_data/mni152-seed0 --seed 0`` generates it (once: see
 :func:`ensure_anatomy_demo`).
 """
 
@@ -77,7 +77,7 @@ ANATOMY_VERSION = 1
 
 #: What the marker calls this generator; its marker is ``<root>/.demo/<name>-mni152.json``, apart
 #: from common.demo's ``<name>.json``, so neither generator ever replaces the other's folders.
-GENERATOR = "common.anatomy"
+GENERATOR = "common.data.anatomy"
 MARKER_SUFFIX = "-mni152"
 
 #: The experts' levels on the tissue probability, spread evenly over this range (then shuffled).
@@ -378,7 +378,7 @@ def ensure_anatomy_demo(spec: DatasetSpec, root: Path, seed: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m common.anatomy",
+        prog="python -m common.data.anatomy",
         description="Generate (once per seed) the brain-growth demo dataset drawn from the MNI ICBM152 2009a "
         "template, in the QUBIQ layout.",
     )

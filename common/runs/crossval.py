@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import DataError, discover_cases, natural_key
-from common.pipeline import check_experts, check_resumable, check_task, new_run_dir, prepare_run_dir, run_task
-from common.reporting import RunLog, uncertainty_line, versions, write_json
+from common.data.cases import DataError, discover_cases, natural_key
+from common.evaluation.report import uncertainty_line, versions
+from common.evaluation.uncertainty import mean_metrics
+from common.runs.pipeline import check_experts, check_resumable, check_task, new_run_dir, prepare_run_dir, run_task
+from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
-from common.uncertainty import mean_metrics
 
 SPLITS_FILE = "splits.json"
 RESULTS_FILE = "cv_results.json"
@@ -178,7 +179,7 @@ def run_cross_validation(
 
     The folds come from ``splits_file`` when given, else from the run folder's ``splits.json`` when
     resuming, else from :func:`make_folds` with ``seed``. Each fold's run folder is a complete
-    :func:`~common.pipeline.run_task` folder; with ``resume`` finished folds are reused and an
+    :func:`~common.runs.pipeline.run_task` folder; with ``resume`` finished folds are reused and an
     interrupted one continues. Returns what ``cv_results.json`` holds.
 
     With ``only_fold`` this is one job of a cross-validation split into jobs (one per fold, or with
@@ -192,9 +193,9 @@ def run_cross_validation(
     planned = check_experts(spec, None) if train_only else experts  # the ensemble; a job trains part of it
     if train_only and only_fold is None:
         raise ConfigError("--train-only with --folds needs --fold k: each job trains experts of one fold")
-    from common.data import find_release
-    from common.pipeline import training_jobs
-    from common.preflight import check_run_data, collected_warnings
+    from common.data.cases import find_release
+    from common.data.check import check_run_data, collected_warnings
+    from common.runs.pipeline import training_jobs
 
     found: list[str] = []  # the data's warnings: printed now, written to run.log once it exists
     with collected_warnings(found, log):

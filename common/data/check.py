@@ -4,12 +4,12 @@ A run that trains for hours must not find a broken mask of its last held-out cas
 expert has trained, and must not stop at the first of ten problems so that the user mends them one
 run at a time. :func:`check_run_data` therefore reads every image and every mask of the run's task
 that the run will use (training, validation and held-out cases, and the test images with
-``--predict-test``), checks shapes, values and finite voxels (through :func:`common.data.load_case`),
+``--predict-test``), checks shapes, values and finite voxels (through :func:`common.data.cases.load_case`),
 checks that every expert to train has training masks and every held-out case has masks, and raises
-one :class:`~common.data.DataError` that lists every problem found. It runs before the run folder is
+one :class:`~common.data.cases.DataError` that lists every problem found. It runs before the run folder is
 created, so a refused start leaves nothing behind.
 
-The warnings the data raises (:class:`~common.data.DataWarning`: a mask file named in other letter
+The warnings the data raises (:class:`~common.data.cases.DataWarning`: a mask file named in other letter
 case, a mask whose on-value is not 1 ...) are collected and returned, so that the run can write them
 into its ``run.log`` once the folder exists, besides printing them.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from common.data import Case, DataError, DataWarning, LoadedCase, load_case, load_image
+from common.data.cases import Case, DataError, DataWarning, LoadedCase, load_case, load_image
 from common.spec import DatasetSpec
 
 #: Problems listed in full in the error message; more are counted.
@@ -155,7 +155,7 @@ def _all_problems(case: Case, spec: DatasetSpec, task: int, first: DataError) ->
 
     ``load_case`` stops at its first bad file; reading the others one by one finds the rest.
     """
-    from common.data import load_mask
+    from common.data.cases import load_mask
 
     problems = [str(first)]
     image = None

@@ -1,6 +1,6 @@
 """Metrics of a predicted distribution against several experts' masks, beside the QUBIQ score.
 
-The QUBIQ score (:mod:`common.scoring`) thresholds the mean of the experts' masks and the predicted
+The QUBIQ score (:mod:`common.evaluation.scoring`) thresholds the mean of the experts' masks and the predicted
 map at nine levels and averages Dice. It judges one map against the consensus, but not whether a
 model that draws *samples* reproduces the experts as a set, nor whether its probabilities mean what
 they say. The metrics here fill those gaps:
@@ -59,7 +59,7 @@ import math
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from common.scoring import PREDICTION_TOLERANCE
+from common.evaluation.scoring import PREDICTION_TOLERANCE
 
 #: The metrics of :func:`case_metrics`, in report order.
 METRICS: tuple[str, ...] = ("ged", "hungarian_iou", "ece", "brier", "soft_dice")
@@ -208,7 +208,7 @@ def expected_calibration_error(prediction: np.ndarray, target: np.ndarray, bins:
     The pixels are grouped by their prediction into ``bins`` equal-width bins over [0, 1] (10 by
     default): bin ``b`` holds the values that are *at or above* its left edge ``b / bins`` and below the
     next one, "at or above" read as the QUBIQ score reads it, ``p >= b / bins - tol`` with ``tol`` =
-    :data:`common.scoring.PREDICTION_TOLERANCE` (edges computed as ``b / bins`` in float64). So a map
+    :data:`common.evaluation.scoring.PREDICTION_TOLERANCE` (edges computed as ``b / bins`` in float64). So a map
     stored as float32, whose 0.7 is 0.699999988, puts that pixel in the bin [0.7, 0.8), where the score
     counts it as foreground at t = 0.7, and not in [0.6, 0.7) as a plain comparison would: with 10 bins,
     a pixel's bin is the number of the score's thresholds it reaches. A value more than ``tol`` below an

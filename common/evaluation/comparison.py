@@ -230,7 +230,7 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Extra columns, in this order, when the variants carry these metrics (see :mod:`common.uncertainty`).
+#: Extra columns, in this order, when the variants carry these metrics (see :mod:`common.evaluation.uncertainty`).
 METRIC_COLUMNS = {"ged": "GED ↓", "hungarian_iou": "Hungarian IoU ↑", "ece": "ECE ↓", "brier": "Brier ↓"}
 
 

@@ -30,12 +30,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.augmentation import Augmentation, random_transform
-from common.data import DataError
-from common.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
-from common.models import build_unet
-from common.reporting import replaced_atomically, retrain_hint, write_atomic
+from common.data.cases import DataError
+from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
+from common.training.augmentation import Augmentation, random_transform
+from common.training.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
+from common.training.models import build_unet
 
 MODEL_FILE = "model.keras"
 LOG_FILE = "training_log.csv"
@@ -91,7 +91,7 @@ def precision_policy(settings: Settings, log: Callable[[str], None] = print) -> 
       slower than the float32 it replaces.
 
     Under a mixed policy the weights stay float32 and the layers compute in 16 bits; the sigmoid
-    output (``build_unet``) and the losses (``common.losses``) stay float32.
+    output (``build_unet``) and the losses (``common.training.losses``) stay float32.
     """
     if not settings.mixed_precision:
         return "float32"

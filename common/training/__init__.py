@@ -1,0 +1,1 @@
+"""One network: models, losses, augmentation, the seeded stream, the trainer."""
