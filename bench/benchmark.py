@@ -894,6 +894,7 @@ def worker_experts(job: dict) -> dict:
     the 16 cases from its saved file; the seconds of each and the process's resident memory after it.
     """
     start_tensorflow()
+    from common.runs.folder import network_files
     from common.training import trainer as training
 
     training.NETWORKS.enabled = job["pool"]
@@ -909,7 +910,7 @@ def worker_experts(job: dict) -> dict:
             (images[:12], masks[:12]),
             (images[12:], masks[12:]),
             settings,
-            out / f"network{number}",
+            network_files(out / f"network{number}"),
             seed=number,
             verbose=0,
             log=lambda _: None,

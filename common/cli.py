@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from common.runs.folder import CONFIG_FILE
 from common.spec import DISTRIBUTE_CHOICES, RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, SWITCHES, Switch, apply_switches, preset
 
@@ -298,16 +299,16 @@ def apply_resume(args: argparse.Namespace, spec: DatasetSpec, study: Settings, d
     Returns the saved settings with any explicit overrides (a differing override is refused later,
     when the run folder's configuration is compared with the resolved one).
     """
-    from common.runs.pipeline import check_resume_folder
+    from common.runs.folder import check_resume_folder
 
     check_resume_folder(args.resume)  # a file, no folder, or a start that died before its config.json
-    path = args.resume / "config.json"
+    path = args.resume / CONFIG_FILE
     try:
         saved = json.loads(path.read_text())
         saved_name = saved["dataset"]["name"]
         saved_settings = Settings.from_dict(saved["settings"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"--resume {args.resume}: unreadable config.json ({error})") from error
+        raise ConfigError(f"--resume {args.resume}: unreadable {CONFIG_FILE} ({error})") from error
     if saved_name != spec.name:
         raise ConfigError(
             f"--resume {args.resume}: the run is of dataset {saved_name}, not {spec.name}; "
@@ -424,7 +425,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except StorageError as error:  # a full disk, a quota, a read-only mount: nothing half-written is left
         run_dir = args.out or args.resume
-        if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        if run_dir is not None and (Path(run_dir) / CONFIG_FILE).is_file():
             error = error.advise(f"continue the run with --resume {run_dir}")
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
@@ -443,7 +444,7 @@ def gather_from_command_line(parser: argparse.ArgumentParser, args: argparse.Nam
     ]
     if given:
         raise ConfigError(
-            f"--gather takes the run's configuration from {args.gather / 'config.json'}; "
+            f"--gather takes the run's configuration from {args.gather / CONFIG_FILE}; "
             f"{', '.join(given)} does not apply (only --data-root and --no-plots do)"
         )
     from common.gather import gather_run

@@ -43,14 +43,22 @@ from common.evaluation.comparison import (
     format_comparison,
     paired_comparison,
 )
+from common.runs.folder import (
+    COMPARISON_CSV,
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    LOG_FILE,
+    SPLITS_FILE,
+    VARIANTS_FOLDER,
+)
 from common.spec import RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
 
 #: The dataset scripts at the project's root, by dataset name.
 SCRIPTS = {"brain-growth": "Brain_Growth", "brain-tumor": "Brain_Tumor", "kidney": "Kidney", "prostate": "Prostate"}
 DESIGNS = ("grid", "one-at-a-time")
-EXPERIMENT_FILE = "experiment.json"
-SPLITS_FILE = "splits.json"
 
 
 def dataset_script(name: str):
@@ -136,7 +144,8 @@ def run_experiment(
     from common.data.cases import discover_cases
     from common.data.check import check_run_data
     from common.runs.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
-    from common.runs.pipeline import check_experts, check_task, new_run_dir, prepare_run_dir, training_jobs
+    from common.runs.folder import new_run_dir, prepare_run_dir
+    from common.runs.pipeline import check_experts, check_task, training_jobs
     from common.runs.storage import RunLog, write_atomic, write_json
 
     check_task(spec, task)
@@ -202,14 +211,14 @@ def run_experiment(
         write_json(exp_dir / SPLITS_FILE, {"dataset": spec.name, "seed": seed, "folds": split_list})
     if folds is not None and folds != len(split_list):
         raise ConfigError(f"--folds {folds}, but the splits hold {len(split_list)} folds")
-    runlog = RunLog(exp_dir / "run.log", echo=log)
+    runlog = RunLog(exp_dir / LOG_FILE, echo=log)
     runlog(
         f"experiment on {spec.title}, task {task}: {len(variants)} variant(s) x {len(split_list)} folds "
         f"x {len(experts)} expert(s) in {exp_dir}"
     )
     results = []
     for number, (changes, variant_settings) in enumerate(zip(variants, settings, strict=True), start=1):
-        folder = exp_dir / "variants" / variant_folder(number, changes)
+        folder = exp_dir / VARIANTS_FOLDER / variant_folder(number, changes)
         runlog(f"== variant {number}/{len(variants)}: {variant_label(changes)}")
         summary = run_cross_validation(
             spec,
@@ -220,7 +229,7 @@ def run_experiment(
             experts=experts,
             seed=seed,
             out=folder,
-            resume=(folder / "config.json").is_file(),
+            resume=(folder / CONFIG_FILE).is_file(),
             splits_file=exp_dir / SPLITS_FILE,
             plots=plots,
             verbose=verbose,
@@ -252,12 +261,12 @@ def run_experiment(
         "base_settings": describe(base),
         "command": (extra_config or {}).get("command"),
     }
-    write_json(exp_dir / "comparison.json", comparison)
-    write_atomic(exp_dir / "comparison.csv", comparison_csv(results))
+    write_json(exp_dir / COMPARISON_JSON, comparison)
+    write_atomic(exp_dir / COMPARISON_CSV, comparison_csv(results))
     command = shlex.join((extra_config or {}).get("command") or [])
     settings_line = ", ".join(f"{k}={v}" for k, v in describe(base).items())
     write_atomic(
-        exp_dir / "comparison.md",
+        exp_dir / COMPARISON_MD,
         f"{table}\n\nCommand: `{command}`\n\nBase settings: {settings_line}\n",
     )
     runlog(table)

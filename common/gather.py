@@ -32,11 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,231 +42,30 @@ import numpy as np
 from common.data.cases import Case, DataError, discover_cases, load_case
 from common.evaluation.ensemble import MapAverager
 from common.evaluation.predictions import prediction_path, read_prediction, write_prediction
+from common.runs.folder import (
+    CONFIG_FILE,
+    JOBS_FOLDER,
+    LOG_FILE,
+    MODEL_FILE,
+    RESULTS_FILE,
+    TRAINING_LOG,
+    missing_parts,
+    read_config,
+)
+from common.runs.jobs import gather_command, job_command
 from common.runs.pipeline import (
     EXPERTS_FOLDER,
     PREDICTIONS_FOLDER,
     RESULT_FILE,
-    RESUME_KEYS,
-    config_differences,
     expert_name,
-    is_run_entry,
     prepare_case,
     report_run,
 )
 from common.runs.storage import RunLog
 from common.spec import ConfigError, DatasetSpec, Settings
 
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
-JOBS_FOLDER = "jobs"
-#: The training log of each expert (``common.training.trainer.LOG_FILE``; not imported: it would import TensorFlow).
-TRAINING_LOG = "training_log.csv"
-MODEL_FILE = "model.keras"
-#: config.json entries on which all jobs of one run must agree.
-JOB_KEYS = (*RESUME_KEYS, "jobs", "predict_test")
 # ----------------------------------------------------------------------------------------------------------
 # The job side (called by run_task with train_only)
-
-
-def check_job_options(settings: Settings, out: Path | None, resume: bool) -> None:
-    """Refuse what cannot be split into jobs, before any work."""
-    if settings.strategy != "per-expert":
-        raise ConfigError(
-            f"--train-only splits a run into one job per expert network; strategy {settings.strategy} trains "
-            "a single network, so run it in one process (without --train-only)"
-        )
-    if out is None:
-        raise ConfigError("--train-only needs --out RUN: the run folder that all jobs of the run share")
-    if resume:
-        raise ConfigError(
-            "--train-only and --resume: rerun the job's own command (--out RUN --experts ... --train-only) to "
-            "continue it; it picks up its experts' backups"
-        )
-
-
-def check_same_run(saved: dict, config: dict, run_dir: Path) -> None:
-    """Refuse to join a run folder made by a one-process run or by a job with another configuration."""
-    if saved.get("jobs") is not True:
-        raise ConfigError(
-            f"--train-only: {run_dir} is a one-process run folder (made without --train-only); "
-            f"continue it with --resume {run_dir}, or give the jobs another --out"
-        )
-    differing = config_differences(saved, config, JOB_KEYS)  # as --resume compares them
-    if differing:
-        raise ConfigError(
-            f"--train-only: {run_dir} was made by a job with another configuration ({'; '.join(differing)}); "
-            "all jobs of a run take the same options apart from --experts"
-        )
-
-
-def read_config(run_dir: Path, what: str = "--train-only", name: str = CONFIG_FILE) -> dict:
-    """A run folder's ``config.json`` (retried briefly: without hard links it is written in place)."""
-    path = Path(run_dir) / name
-    for attempt in range(20):
-        try:
-            return json.loads(path.read_text())
-        except ValueError as error:
-            if attempt == 19:
-                raise ConfigError(f"{what}: unreadable {path} ({error})") from error
-            time.sleep(0.25)
-    raise AssertionError("unreachable")
-
-
-def open_job_dir(out: Path, config: dict) -> Path:
-    """Create the run folder, or join it: its ``config.json`` (if any) must be this run's.
-
-    Nothing is written before the check, so a refused job leaves the folder as it was.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a run folder")
-    if (out / CONFIG_FILE).is_file():
-        check_same_run(read_config(out), config, out)
-    elif out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not is_run_entry(p.name))
-        if foreign:
-            raise FileExistsError(
-                f"output folder {out} exists and holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
-                "which no run writes: not a run folder; choose another --out (nothing is overwritten)"
-            )
-    try:
-        (out / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # jobs probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"cannot write to output folder {out}: {error.strerror or error}") from error
-    return out
-
-
-def job_log_path(run_dir: Path, experts: list[int]) -> Path:
-    """The job's own plain-text log, ``jobs/seg01-seg02.log``: jobs never append to a shared file."""
-    return Path(run_dir) / JOBS_FOLDER / ("-".join(expert_name(e) for e in experts) + ".log")
-
-
-def claim_file(path: Path, data: dict) -> dict | None:
-    """Write ``data`` as JSON to ``path`` unless the file exists; return what it holds if it does.
-
-    The file is written whole to a temporary name and hard-linked to ``path``: the link fails if the
-    name exists, so of two jobs starting at once exactly one writes it, and no reader sees half a file.
-    Where hard links are not supported, an exclusive create (``O_EXCL``) takes its place.
-    """
-    path = Path(path)
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        try:
-            os.link(tmp, path)
-            return None
-        except FileExistsError:
-            pass
-        except OSError:  # no hard links on this file system
-            try:
-                with open(path, "x") as handle:
-                    handle.write(text)
-                return None
-            except FileExistsError:
-                pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return read_config(path.parent, name=path.name)
-
-
-def claim_config(run_dir: Path, config: dict) -> None:
-    """Write ``config.json`` unless a job of the run has (:func:`claim_file`); if one has, it must hold
-    the same run."""
-    saved = claim_file(Path(run_dir) / CONFIG_FILE, config)
-    if saved is not None:
-        check_same_run(saved, config, Path(run_dir))
-
-
-def expert_map_paths(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> list[Path]:
-    return [prediction_path(Path(run_dir) / PREDICTIONS_FOLDER, dataset, c, task, expert) for c in case_ids]
-
-
-def expert_complete(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> bool:
-    """Whether ``expert`` is trained (``result.json``) and all its maps of ``case_ids`` are written."""
-    folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
-    if not (folder / RESULT_FILE).is_file():
-        return False
-    return all(p.is_file() for p in expert_map_paths(run_dir, dataset, task, expert, case_ids))
-
-
-def missing_parts(run_dir: Path, dataset: str, task: int, experts: list[int], case_ids: list[str]) -> dict[int, str]:
-    """Expert -> what it still lacks (``result.json``, maps), for the experts not finished."""
-    missing = {}
-    for expert in experts:
-        folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
-        maps = [p for p in expert_map_paths(run_dir, dataset, task, expert, case_ids) if not p.is_file()]
-        if not (folder / RESULT_FILE).is_file():
-            state = "interrupted, a backup is there" if (folder / "backup.json").is_file() else "not trained"
-            missing[expert] = f"no {folder / RESULT_FILE} ({state}, or still training)"
-        elif maps:
-            missing[expert] = f"trained, but {len(maps)} of {len(case_ids)} maps are missing, e.g. {maps[0]}"
-    return missing
-
-
-def ready_to_gather(run_dir: Path) -> bool:
-    """Whether ``run_dir`` was made by jobs whose planned experts are all finished (and not yet gathered)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() or (run_dir / RESULTS_FILE).is_file():
-        return False
-    config = read_config(run_dir)
-    split = config.get("split")
-    if config.get("jobs") is not True or not split or config.get("predict_test"):
-        return False
-    cases = list(split["held_out"]) + list(split.get("validation", []))
-    return not missing_parts(run_dir, config["dataset"]["name"], config["task"], config["experts"], cases)
-
-
-def job_command(config: dict, run_dir: Path, experts: list[int]) -> str:
-    """The command of a job that trains ``experts``: the first job's command with another ``--experts``."""
-    command = config.get("command")
-    numbers = ",".join(map(str, experts))
-    if not command:
-        return f"<the run's script> --out {shlex.quote(str(run_dir))} --train-only --experts {numbers} (same options)"
-    kept, skip = [], False
-    for word in command[1:]:
-        if skip:
-            skip = False
-        elif word == "--experts":
-            skip = True
-        elif not word.startswith("--experts="):
-            kept.append(word)
-    return shlex.join(["python", command[0], *kept, "--experts", numbers])
-
-
-def gather_command(run_dir: Path) -> str:
-    return f"python -m common.gather {shlex.quote(str(run_dir))}"
-
-
-def finish_job(
-    run_dir: Path,
-    spec: DatasetSpec,
-    task: int,
-    planned: list[int],
-    experts: list[int],
-    case_ids: list[str],
-    runlog: Callable[[str], None],
-) -> dict:
-    """Say what the job did, which of the run's experts are still to come, and how to gather."""
-    missing = missing_parts(run_dir, spec.name, task, planned, case_ids)
-    finished = [expert_name(e) for e in planned if e not in missing]
-    runlog(
-        f"job done ({', '.join(expert_name(e) for e in experts)}): {len(finished)} of {len(planned)} planned "
-        f"experts of {run_dir} finished"
-        + (f", not yet: {', '.join(expert_name(e) for e in missing)}" if missing else "")
-    )
-    command = gather_command(run_dir)
-    runlog(f"{'gather now' if not missing else 'once every job has finished, gather'} with: {command}")
-    return {
-        "run_dir": str(run_dir),
-        "trained": [expert_name(e) for e in experts],
-        "finished": finished,
-        "missing": [expert_name(e) for e in missing],
-        "gather": command,
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -397,8 +192,8 @@ def gather_run(
                 held_maps[name][case_id] = probability
     ensemble_all = averager.mean()
 
-    runlog = RunLog(run_dir / "run.log", echo=log)
-    with (run_dir / "run.log").open("a") as handle:  # the jobs' logs first, as in a one-process run.log
+    runlog = RunLog(run_dir / LOG_FILE, echo=log)
+    with (run_dir / LOG_FILE).open("a") as handle:  # the jobs' logs first, as in a one-process run.log
         for job_log in sorted((run_dir / JOBS_FOLDER).glob("*.log")):
             handle.write(job_log.read_text())
     runlog(

@@ -53,14 +53,12 @@ from common.data.cases import Case, DataError, discover_cases, load_mask, natura
 from common.evaluation.predictions import find_predictions, read_prediction
 from common.evaluation.report import dice_matrix_csv, dice_table_lines
 from common.evaluation.scoring import score_cases
+from common.runs.folder import CONFIG_FILE, DICE_MATRIX_FILE, PREDICTIONS_FOLDER, RESULTS_FILE
 from common.runs.storage import StorageError, write_atomic, write_json
 from common.spec import RELEASE_NAMES, SPLITS, ConfigError
 
-RESULTS_FILE = "results.json"
-DICE_MATRIX_FILE = "dice_matrix.csv"
 #: A run folder's maps and its record (as :mod:`common.runs.pipeline` writes them; not imported, to keep this light).
-PREDICTIONS_FOLDER = "predictions"
-RUN_CONFIG_FILE = "config.json"
+RUN_CONFIG_FILE = CONFIG_FILE
 #: The start of a ``not_scored`` reason for a case without a map.
 NO_MAP = "no map"
 

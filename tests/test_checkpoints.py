@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.training.trainer import BACKUP_FILE, BACKUP_STATE, MODEL_FILE, EpochRecorder
+from common.runs.folder import network_files
+from common.training.trainer import EpochRecorder
 
 
 def tiny_model():
@@ -34,23 +35,25 @@ def run_epochs(recorder, model, losses):
 )
 def test_checkpoints(tmp_path, seconds, losses, keep, backup_epoch, kept_weight):
     model = tiny_model()
+    files = network_files(tmp_path)
     recorder = EpochRecorder(
-        tmp_path, "val_loss", [], math.inf, "seg01", len(losses), str, checkpoint_seconds=seconds, keep=keep
+        files, "val_loss", [], math.inf, "seg01", len(losses), str, checkpoint_seconds=seconds, keep=keep
     )
     recorder.set_model(model)
     run_epochs(recorder, model, losses)
-    assert json.loads((tmp_path / BACKUP_STATE).read_text()) == {"epoch": backup_epoch, "best": min(losses)}
-    kept = keras.saving.load_model(tmp_path / MODEL_FILE)
+    assert json.loads(files.backup_state.read_text()) == {"epoch": backup_epoch, "best": min(losses)}
+    kept = keras.saving.load_model(files.model)
     assert kept.get_weights()[0][0, 0] == kept_weight
-    backup = keras.saving.load_model(tmp_path / BACKUP_FILE)
+    backup = keras.saving.load_model(files.backup)
     assert backup.get_weights()[0][0, 0] == len(losses)  # the weights after the last epoch
     assert model.get_weights()[0][0, 0] == len(losses)  # training continues from its own weights
 
 
 def test_no_checkpoint_before_it_is_due(tmp_path):
     model = tiny_model()
-    recorder = EpochRecorder(tmp_path, "val_loss", [], math.inf, "seg01", 10, str, checkpoint_seconds=3600.0)
+    files = network_files(tmp_path)
+    recorder = EpochRecorder(files, "val_loss", [], math.inf, "seg01", 10, str, checkpoint_seconds=3600.0)
     recorder.set_model(model)
     run_epochs(recorder, model, [0.5, 0.4, 0.3])
-    assert not (tmp_path / BACKUP_STATE).exists() and not (tmp_path / MODEL_FILE).exists()
-    assert len((tmp_path / "training_log.csv").read_text().splitlines()) == 4  # the log is every epoch
+    assert not files.backup_state.exists() and not files.model.exists()
+    assert len(files.log.read_text().splitlines()) == 4  # the log is every epoch

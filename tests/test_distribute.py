@@ -48,6 +48,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 
+from common.runs.folder import network_files
 from common.training import trainer as training
 from common.spec import ConfigError, Settings
 
@@ -62,10 +63,11 @@ settings = Settings(
 report = {}
 for distribute in ("none", "mirrored"):
     lines = []
+    files = network_files(out / distribute)
     result = training.train_expert(
-        1, train, validation, settings, out / distribute, seed=0, verbose=0, log=lines.append, distribute=distribute
+        1, train, validation, settings, files, seed=0, verbose=0, log=lines.append, distribute=distribute
     )
-    rows = training.read_log(out / distribute / training.LOG_FILE)
+    rows = training.read_log(network_files(out / distribute).log)
     model = keras.saving.load_model(result.model_path)
     maps = model.predict(images[:2], verbose=0)
     report[distribute] = {
@@ -78,14 +80,16 @@ for distribute in ("none", "mirrored"):
     keras.backend.clear_session()
 for name, changes in (("odd_batch", {"batch_size": 3}),):
     try:
-        training.train_expert(1, train, None, settings.replace(**changes), out / name, 0, 0, str, distribute="mirrored")
+        odd = settings.replace(**changes)
+        training.train_expert(1, train, None, odd, network_files(out / name), 0, 0, str, distribute="mirrored")
         report[name] = None
     except ConfigError as error:
         report[name] = str(error)
 lines = []  # 7 images: each epoch trains on 6, in batches of 4 and 2
-result = training.train_expert(1, (images[:7], masks[:7]), None, settings, out / "odd", 0, 0, lines.append,
+files = network_files(out / "odd")
+result = training.train_expert(1, (images[:7], masks[:7]), None, settings, files, 0, 0, lines.append,
                                distribute="mirrored")
-report["odd"] = {"lines": lines, "rows": training.read_log(out / "odd" / training.LOG_FILE)}
+report["odd"] = {"lines": lines, "rows": training.read_log(network_files(out / "odd").log)}
 print("REPORT " + json.dumps(report))
 """
 

@@ -13,9 +13,11 @@ from helpers import SPEC, TINY, make_toy_root
 
 from common import cli
 from common.evaluation.predictions import prediction_path, read_prediction
-from common.gather import claim_config, gather_run, job_command
+from common.gather import gather_run
 from common.runs.crossval import RESULTS_FILE as CV_RESULTS
 from common.runs.crossval import run_cross_validation
+from common.runs.folder import claim_config
+from common.runs.jobs import job_command
 from common.runs.pipeline import run_task
 from common.score import score_folder
 from common.spec import ConfigError
@@ -370,7 +372,7 @@ def test_a_job_that_loses_the_race_writes_nothing(toy_root, tmp_path, monkeypatc
 
 def test_a_job_joins_a_folder_written_before_a_setting_existed(tmp_path):
     """As --resume does: a setting added since (here mixed_precision) counts at its default."""
-    from common.gather import check_same_run
+    from common.runs.folder import check_same_run
 
     settings = TINY.to_dict()
     config = {"jobs": True, "settings": settings}

@@ -15,6 +15,7 @@ import pytest
 
 from common.cli import build_parser, resolve_settings
 from common.experiment import parse_assignment
+from common.runs.folder import network_files
 from common.runs.pipeline import check_resumable
 from common.spec import ConfigError, Settings
 from common.switches import SWITCHES, parse_value
@@ -154,7 +155,9 @@ def test_train_expert_mixed_bfloat16(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "cpu_supports_bf16", lambda: True)  # this CPU or not: the mixed path
     lines: list[str] = []
     images, masks = data(4)
-    result = training.train_expert(1, (images, masks), data(2, 1), TINY, tmp_path, seed=0, verbose=0, log=lines.append)
+    result = training.train_expert(
+        1, (images, masks), data(2, 1), TINY, network_files(tmp_path), seed=0, verbose=0, log=lines.append
+    )
     assert any("dtype policy mixed_bfloat16" in line for line in lines), lines
     assert math.isfinite(result.best_loss)
     assert keras.config.dtype_policy().name == "float32"  # restored
@@ -173,18 +176,28 @@ def test_mixed_float16_loss_scaling_survives_a_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "gpu_visible", lambda: True)  # mixed_float16, computed on this CPU
     images, masks = data(4)
     settings = TINY.replace(epochs=1)
-    first = training.train_expert(1, (images, masks), None, settings, tmp_path, 0, 0, str, checkpoint_seconds=0)
+    first = training.train_expert(
+        1, (images, masks), None, settings, network_files(tmp_path), 0, 0, str, checkpoint_seconds=0
+    )
     assert math.isfinite(first.best_loss)
     assert keras.config.dtype_policy().name == "float32"
     with training.dtype_policy("mixed_float16"):
-        backup = keras.saving.load_model(tmp_path / training.BACKUP_FILE)
+        backup = keras.saving.load_model(network_files(tmp_path).backup)
         assert isinstance(backup.optimizer, keras.optimizers.LossScaleOptimizer)
         keras.backend.clear_session()
     lines: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = training.train_expert(
-            1, (images, masks), None, settings.replace(epochs=2), tmp_path, 0, 0, lines.append, checkpoint_seconds=0
+            1,
+            (images, masks),
+            None,
+            settings.replace(epochs=2),
+            network_files(tmp_path),
+            0,
+            0,
+            lines.append,
+            checkpoint_seconds=0,
         )
     assert resumed.resumed_from_epoch == 1 and resumed.epochs == 2
     assert any("resuming from the backup after epoch 1" in line for line in lines), lines

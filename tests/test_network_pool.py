@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from common.runs.folder import network_files
 from common.spec import Settings
 from common.training import trainer as training
 
@@ -45,7 +46,7 @@ def train(expert, seed, out, settings=TINY, validation=True):
         data(6, seed),
         data(2, seed + 10) if validation else None,
         settings,
-        out,
+        network_files(out),
         seed=seed,
         verbose=0,
         log=str,
@@ -61,7 +62,7 @@ def trained_weights(result) -> list[np.ndarray]:
 
 
 def log_losses(out) -> list[float]:
-    return [float(r[key]) for r in training.read_log(out / training.LOG_FILE) for key in ("loss", "val_loss")]
+    return [float(r[key]) for r in training.read_log(network_files(out).log) for key in ("loss", "val_loss")]
 
 
 def test_reused_network_trains_and_predicts_exactly_as_a_fresh_one(tmp_path, pool):

@@ -8,7 +8,8 @@ import pytest
 from helpers import SPEC, TINY, make_toy_root
 
 from common.data.cases import DataError
-from common.runs.pipeline import check_experts, check_task, choose_held_out, new_run_dir, run_task
+from common.runs.folder import new_run_dir
+from common.runs.pipeline import check_experts, check_task, choose_held_out, run_task
 from common.score import score_folder
 from common.spec import ConfigError, DatasetSpec
 

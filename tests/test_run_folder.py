@@ -15,7 +15,8 @@ import pytest
 from helpers import SPEC, TINY, make_toy_root
 
 from common.data.cases import DataError
-from common.runs.pipeline import check_resume_folder, config_differences, failed_start, prepare_run_dir, run_task
+from common.runs.folder import check_resume_folder, config_differences, failed_start, prepare_run_dir
+from common.runs.pipeline import run_task
 from common.spec import ConfigError
 
 SETTINGS = TINY.replace(epochs=1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.runs.storage import RunLog, StorageError, write_atomic, write_json
-from common.training.trainer import LOG_FILE, save_model_atomic, write_log
+from common.training.trainer import save_model_atomic, write_log
 
 
 def os_error(code: int) -> OSError:
@@ -122,13 +122,13 @@ def test_an_interruption_leaves_no_temporary_either(tmp_path, monkeypatch):
 
 
 def test_the_training_log_is_written_atomically(tmp_path, monkeypatch):
-    path = tmp_path / LOG_FILE
+    path = tmp_path / "training_log.csv"
     write_log(path, [{"epoch": 1, "loss": "0.5"}])
     fail_writes(monkeypatch, "write", errno.ENOSPC)
     with pytest.raises(StorageError):
         write_log(path, [{"epoch": 1, "loss": "0.5"}, {"epoch": 2, "loss": "0.4"}])
     monkeypatch.undo()
-    assert path.read_text() == "epoch,loss\n1,0.5\n" and sorted(os.listdir(tmp_path)) == [LOG_FILE]
+    assert path.read_text() == "epoch,loss\n1,0.5\n" and sorted(os.listdir(tmp_path)) == ["training_log.csv"]
 
 
 def test_a_full_disk_while_appending_to_the_run_log_is_a_storage_error(tmp_path, monkeypatch):

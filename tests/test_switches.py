@@ -10,6 +10,7 @@ import pytest
 
 from common.cli import build_parser, resolve_settings
 from common.data.preprocessing import normalise_image
+from common.runs.folder import network_files
 from common.spec import LOSS_NAMES, ConfigError, Settings
 from common.switches import (
     SWITCHES,
@@ -254,7 +255,9 @@ def test_loss_switch_compiles_that_loss(tmp_path):
     masks = (images > 0.5).astype(np.float32)
     for loss, kind in (("dice", SoftDiceLoss), ("dice+bce", SoftDiceBCELoss)):
         settings = Settings(input_size=16, depth=2, base_filters=2, epochs=1, batch_size=2, loss=loss)
-        result = train_expert(1, (images, masks), None, settings, tmp_path / loss, seed=0, verbose=0, log=str)
+        result = train_expert(
+            1, (images, masks), None, settings, network_files(tmp_path / loss), seed=0, verbose=0, log=str
+        )
         assert isinstance(keras.saving.load_model(result.model_path).loss, kind)
         keras.backend.clear_session()
 
@@ -275,7 +278,9 @@ class _Stub(keras.Model):
     ],
 )
 def test_early_stopping(tmp_path, losses, patience, stops_after):
-    recorder = EpochRecorder(tmp_path, "val_loss", [], math.inf, "seg01", len(losses), lambda _: None, patience)
+    recorder = EpochRecorder(
+        network_files(tmp_path), "val_loss", [], math.inf, "seg01", len(losses), lambda _: None, patience
+    )
     model = _Stub()
     recorder.set_model(model)
     model.stop_training = False
@@ -291,7 +296,7 @@ def test_early_stopping(tmp_path, losses, patience, stops_after):
 
 def test_early_stopping_counts_from_the_log_on_resume(tmp_path):
     rows = [{"epoch": e, "loss": v, "val_loss": v} for e, v in ((1, "0.5"), (2, "0.3"), (3, "0.4"))]
-    recorder = EpochRecorder(tmp_path, "val_loss", rows, 0.3, "seg01", 10, lambda _: None, patience=2)
+    recorder = EpochRecorder(network_files(tmp_path), "val_loss", rows, 0.3, "seg01", 10, lambda _: None, patience=2)
     assert recorder.best_epoch == 2
     model = _Stub()
     recorder.set_model(model)

@@ -33,12 +33,21 @@ import numpy as np
 from common.data.cases import DataError, discover_cases, natural_key
 from common.evaluation.report import uncertainty_line, versions
 from common.evaluation.uncertainty import mean_metrics
-from common.runs.pipeline import check_experts, check_resumable, check_task, new_run_dir, prepare_run_dir, run_task
+from common.runs.folder import (
+    CONFIG_FILE,
+    CV_RESULTS_FILE,
+    JOBS_FOLDER,
+    LOG_FILE,
+    SPLITS_FILE,
+    new_run_dir,
+    prepare_run_dir,
+)
+from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
+from common.runs.pipeline import check_experts, check_resumable, check_task, run_task
 from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
 
-SPLITS_FILE = "splits.json"
-RESULTS_FILE = "cv_results.json"
+RESULTS_FILE = CV_RESULTS_FILE  # what a cross-validation folder calls its results
 ROLES = ("train", "validation", "held_out")
 
 
@@ -262,10 +271,10 @@ def run_cross_validation(
         )
     )
     if resume:
-        check_resumable(json.loads((out / "config.json").read_text()), config, out)
+        check_resumable(json.loads((out / CONFIG_FILE).read_text()), config, out)
         cv_dir = out
     elif only_fold is not None:  # created by the first fold job, joined by the others
-        from common.gather import claim_config, claim_file, open_job_dir
+        from common.runs.folder import claim_config, claim_file, open_job_dir
 
         cv_dir = open_job_dir(out, config)
         claim_config(cv_dir, {**config, "versions": versions()})
@@ -281,35 +290,36 @@ def run_cross_validation(
             log=lambda line: (log(line), found.append(line)),
         )
         config["versions"] = versions()
-        write_json(cv_dir / "config.json", config)
+        write_json(cv_dir / CONFIG_FILE, config)
         write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed if splits_file is None else None)
     if only_fold is None:
-        runlog = RunLog(cv_dir / "run.log", echo=log)
+        runlog = RunLog(cv_dir / LOG_FILE, echo=log)
     else:  # a job's own log: jobs never append to a shared file
         job_log = f"fold{only_fold}" + "".join(f"-seg{e:02d}" for e in experts if train_only) + ".log"
-        runlog = RunLog(cv_dir / "jobs" / job_log, echo=log)
+        runlog = RunLog(cv_dir / JOBS_FOLDER / job_log, echo=log)
     runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
     runlog(f"data: {source.describe()}")
     for line in found:
         runlog.to_file(line)
     started = time.perf_counter()
     fold_results = []
-    from common.gather import gather_run, ready_to_gather
+    from common.gather import gather_run
+    from common.runs.folder import ready_to_gather
 
     for number, fold in enumerate(split_list, start=1):
         if only_fold is not None and number != only_fold:
             continue
         fold_dir = cv_dir / f"fold{number}"
         prefix = f"[fold {number}/{k}]"
-        if (fold_dir / "results.json").is_file():
-            results = json.loads((fold_dir / "results.json").read_text())
+        if (fold_dir / FOLD_RESULTS_FILE).is_file():
+            results = json.loads((fold_dir / FOLD_RESULTS_FILE).read_text())
             runlog(f"{prefix} already done (QUBIQ {results['score']:.4f}), reusing it")
         elif not train_only and ready_to_gather(fold_dir):
             runlog(f"{prefix} every expert was trained by its job: gathering their saved maps")
             results = gather_run(fold_dir, spec=spec, data_root=data_root, plots=plots, log=runlog)
             runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
         else:
-            resuming = (fold_dir / "config.json").is_file() and not train_only
+            resuming = (fold_dir / CONFIG_FILE).is_file() and not train_only
             runlog(
                 f"{prefix} {'continuing' if resuming else 'training'}: {len(fold['train'])} training, "
                 f"{len(fold['validation'])} validation, {len(fold['held_out'])} held-out cases "

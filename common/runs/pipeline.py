@@ -6,8 +6,6 @@ its arguments (see :mod:`common.cli`).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
 import time
 from collections.abc import Callable
@@ -22,14 +20,28 @@ from common.data.preprocessing import Geometry, from_input, mask_to_input, norma
 from common.evaluation.ensemble import MapAverager
 from common.evaluation.report import dice_matrix_csv, format_table, versions
 from common.evaluation.scoring import score_cases
-from common.runs.storage import RunLog, retrain_hint, write_atomic, write_json
+from common.runs.folder import (
+    CONFIG_FILE,
+    DICE_MATRIX_FILE,
+    EXPERTS_FOLDER,
+    LOG_FILE,
+    NETWORK_FOLDER,
+    PLOTS_FOLDER,
+    PREDICTIONS_FOLDER,
+    RESULT_FILE,
+    RESULTS_FILE,
+    TENSORBOARD_FOLDER,
+    _json_ready,
+    check_resumable,
+    check_saved_networks,
+    expert_name,
+    mark_network_complete,
+    network_files,
+    network_locks,
+    open_run_dir,
+)
+from common.runs.storage import RunLog, write_atomic, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
-
-EXPERTS_FOLDER = "experts"
-
-
-def expert_name(expert: int) -> str:
-    return f"seg{expert:02d}"
 
 
 def check_task(spec: DatasetSpec, task: int) -> None:
@@ -62,153 +74,6 @@ def choose_held_out(case_ids: list[str], n_held_out: int, seed: int) -> list[str
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(case_ids), size=n_held_out, replace=False)
     return [case_ids[i] for i in sorted(chosen)]
-
-
-def new_run_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3`` ... whichever does not exist yet: never an earlier run's folder."""
-    candidate, number = base, 1
-    while candidate.exists():
-        number += 1
-        candidate = base.with_name(f"{base.name}-{number}")
-    return candidate
-
-
-def default_run_dir(spec: DatasetSpec, task: int) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{spec.name}-task{task}-{stamp}"
-
-
-#: Files that show a network was trained, or partly trained, in a folder (or a run was scored): a folder
-#: holding one is never reused as a new run's folder.
-TRAINED_FILES = ("result.json", "model.keras", "backup.keras", "backup.json", "results.json", "cv_results.json")
-#: What a start of a run writes at the top of its folder before any network has trained (and what jobs,
-#: folds and experiments add); a folder holding anything else is someone else's, never reused.
-RUN_ENTRIES = {
-    "config.json",
-    "results.json",
-    "dice_matrix.csv",
-    "cv_results.json",
-    "run.log",
-    "splits.json",
-    "jobs",
-    EXPERTS_FOLDER,
-    "network",
-    "predictions",
-    "plots",
-    "tensorboard",
-    "variants",
-    "comparison.md",
-    "comparison.csv",
-    "comparison.json",
-}
-
-
-def is_run_entry(name: str) -> bool:
-    """Whether a top-level name of a folder is one that a run (job, fold, experiment) writes."""
-    return name in RUN_ENTRIES or name.startswith(".") or (name.startswith("fold") and name[4:].isdigit())
-
-
-def trained_files(folder: Path) -> list[Path]:
-    """The files under ``folder`` that show a network was trained or a run scored (:data:`TRAINED_FILES`)."""
-    return sorted(p for p in Path(folder).rglob("*") if p.name in TRAINED_FILES)
-
-
-def failed_start(folder: Path) -> list[str] | None:
-    """What a start that failed or was killed before training any network left in ``folder``, or None.
-
-    None when ``folder`` holds a trained (or partly trained) network, a scored run, or anything no
-    run writes: such a folder is never reused. Otherwise the names it holds (possibly none).
-    """
-    names = sorted(p.name for p in Path(folder).iterdir())
-    if any(not is_run_entry(name) for name in names) or trained_files(folder):
-        return None
-    return names
-
-
-def check_no_live_lock(folder: Path) -> None:
-    """Refuse a folder in which a running process holds a network's lock (:mod:`common.runs.locks`)."""
-    from common.runs.locks import LOCK_FILE, NetworkLock
-
-    for path in sorted(Path(folder).rglob(LOCK_FILE)):
-        with NetworkLock(path, f"{path.parent.name} in {folder}"):
-            pass  # refuses, naming the holder, when a live process holds it
-
-
-def prepare_run_dir(out: Path | None, spec: DatasetSpec, task: int, log: Callable[[str], None] | None = print) -> Path:
-    """Create the run folder before any work, so an unwritable location fails at once.
-
-    ``out`` may exist when an earlier start of a run failed or was killed before any network trained
-    (:func:`failed_start`): it is then reused, and ``log`` says so. Any other non-empty folder is refused:
-    runs are never overwritten.
-    """
-    if out is not None and out.exists():
-        if not out.is_dir():
-            raise ConfigError(
-                f"--out {out} is a file, not a folder; name a folder for the run (nothing is overwritten)"
-            )
-        left = failed_start(out)
-        if left is None:
-            hint = (
-                f"; to continue the run in it, use --resume {out}"
-                if (out / "config.json").is_file() and not (out / "results.json").is_file()
-                else ""
-            )
-            raise FileExistsError(
-                f"output folder {out} exists and is not empty; choose another --out (runs are never overwritten)" + hint
-            )
-        if left:
-            check_no_live_lock(out)
-            if log is not None:
-                log(
-                    f"reusing output folder {out}: an earlier start left it without any trained network "
-                    f"({', '.join(left[:6])}{' ...' if len(left) > 6 else ''}); starting anew in it"
-                )
-    run_dir = out if out is not None else new_run_dir(default_run_dir(spec, task))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"cannot write to output folder {run_dir}: {error.strerror or error}") from error
-    return run_dir
-
-
-def check_saved_networks(run_dir: Path, folders: list[str], what: str = "--resume") -> None:
-    """Refuse before any training when a saved network the run would load is truncated or unreadable.
-
-    A ``.keras`` file is a zip archive; its central directory and every member's checksum are read
-    (cheap next to loading it into a network, and it needs no TensorFlow). Each bad file is named with
-    the way to train just that network anew.
-    """
-    import zipfile
-
-    problems = []
-    for folder in folders:
-        network = Path(run_dir) / folder
-        wanted = []
-        if (network / "result.json").is_file():
-            wanted.append(network / "model.keras")
-        if (network / "backup.json").is_file():
-            wanted.append(network / "backup.keras")
-        for path in wanted:
-            reason = None
-            if not path.is_file():
-                reason = "missing"
-            else:
-                try:
-                    with zipfile.ZipFile(path) as archive:
-                        bad = archive.testzip()
-                    reason = f"member {bad} is corrupt" if bad else None
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-                    reason = f"truncated or corrupt: {error}"
-            if reason:
-                hint = retrain_hint(run_dir, network, what)
-                problems.append(f"{path} cannot be read ({reason}); to train that network anew: {hint}")
-    if len(problems) == 1:
-        raise DataError(f"{what} {run_dir}: {problems[0]}")
-    if problems:
-        raise DataError(f"{what} {run_dir}: {len(problems)} saved networks are unreadable:\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -262,9 +127,6 @@ class TrainingJob:
     def label(self) -> int | str:
         """What ``train_expert`` calls the network in its logs (``seg02``, ``multi-head``)."""
         return self.heads[0] if self.kind == "expert" else self.name
-
-
-NETWORK_FOLDER = "network"
 
 
 def training_jobs(strategy: str, experts: list[int], seed: int) -> list[TrainingJob]:
@@ -361,13 +223,6 @@ class Split:
         }
 
 
-RESULT_FILE = "result.json"
-PREDICTIONS_FOLDER = "predictions"
-PLOTS_FOLDER = "plots"
-#: config.json entries that must agree for a run folder to be resumed.
-RESUME_KEYS = ("dataset", "task", "experts", "seed", "settings", "data_root", "split_seeded")
-
-
 def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, list[str]]:
     """A given split's roles, checked: known case ids, unique across folders, no case in two roles."""
     ids = [c.case_id for c in cases]
@@ -388,116 +243,6 @@ def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, lis
     if not roles["train"] or not roles["held_out"]:
         raise ConfigError("the split needs at least one training case and one held-out case")
     return roles
-
-
-def open_run_dir(
-    out: Path | None, spec: DatasetSpec, task: int, resume: bool, log: Callable[[str], None] | None = print
-) -> Path:
-    """The run folder: a new one (or one a failed start left, reused), or with ``resume`` the existing
-    one holding ``config.json``."""
-    if not resume:
-        return prepare_run_dir(out, spec, task, log)
-    check_resume_folder(out)
-    return out
-
-
-def network_locks(run_dir: Path, jobs: list[TrainingJob]) -> contextlib.ExitStack:
-    """Hold the lock of every network this process trains (:mod:`common.runs.locks`), released on exit.
-
-    Taken before anything of the networks is written (their logs, the job's log), so that a second
-    process meant to train one of them refuses, naming the first, instead of training it too.
-    """
-    from common.runs.locks import LOCK_FILE, NetworkLock
-
-    stack = contextlib.ExitStack()
-    try:
-        for job in jobs:
-            folder = Path(run_dir) / job.folder
-            if not folder.is_dir():  # made for the lock: removed again if nothing else was put in it
-                folder.mkdir(parents=True)
-                stack.callback(_remove_if_empty, folder, Path(run_dir))
-            stack.enter_context(NetworkLock(folder / LOCK_FILE, f"{job.name} of {run_dir}"))
-    except BaseException:
-        stack.close()
-        raise
-    return stack
-
-
-def _remove_if_empty(folder: Path, top: Path) -> None:
-    """Remove ``folder`` and its parents up to ``top`` (excluded) while they are empty."""
-    while folder != top and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
-
-
-def check_resume_folder(out: Path | None) -> None:
-    """Refuse ``--resume`` of a folder that is not a run folder, saying why and what to do instead."""
-    if out is None or not out.exists():
-        raise ConfigError(f"--resume {out}: not a run folder (no such folder)")
-    if not out.is_dir():
-        raise ConfigError(f"--resume {out} is a file, not a run folder")
-    if (out / "config.json").is_file():
-        return
-    if failed_start(out) is not None:
-        raise ConfigError(
-            f"--resume {out}: not a run folder (no config.json there): the start that made it stopped before "
-            "writing its configuration and trained no network, so there is nothing to resume; run that start's "
-            f"command again (with --out {out}, the folder is reused)"
-        )
-    raise ConfigError(f"--resume {out}: not a run folder (no config.json there)")
-
-
-def settings_record(values: dict | None) -> dict | None:
-    """Saved settings with the fields added since (``mixed_precision``) at their defaults, as in JSON.
-
-    A run folder written before a field existed ran with its default, so it can still be resumed.
-    """
-    try:
-        return _json_ready(Settings.from_dict(values).to_dict())
-    except (TypeError, ValueError):
-        return values  # unreadable: compared as it is, and reported as differing
-
-
-def config_differences(saved: dict, config: dict, keys: tuple[str, ...]) -> list[str]:
-    """``key: old -> new`` for each differing key, naming only the differing entries of a dict value.
-
-    Saved settings are first completed with the fields added since (:func:`settings_record`), so a
-    folder written before a setting existed differs only where it really does.
-    """
-    saved = {**saved, "settings": settings_record(saved.get("settings"))}
-    config = {**config, "settings": settings_record(config.get("settings"))}
-    found = []
-    for key in keys:
-        old, new = saved.get(key), config.get(key)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            for sub in sorted(set(old) | set(new)):
-                if old.get(sub) != new.get(sub):
-                    found.append(f"{key}.{sub}: {_shown(old.get(sub))} -> {_shown(new.get(sub))}")
-        else:
-            found.append(f"{key}: {_shown(old)} -> {_shown(new)}")
-    return found
-
-
-def _shown(value, limit: int = 80) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
-    """Refuse to resume a run folder made for another dataset, task or configuration."""
-    differing = config_differences(saved, config, RESUME_KEYS)
-    if differing:
-        raise ConfigError(
-            f"--resume {run_dir}: the run folder was made with another configuration ({'; '.join(differing)}); "
-            "a resumed run keeps its options (leave out the differing ones, or start a new run)"
-        )
-
-
-def _json_ready(value):
-    """What a value reads back as from JSON (tuples become lists), for comparisons with config.json."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def run_task(
@@ -561,7 +306,7 @@ def run_task(
     experts = check_experts(spec, experts)
     planned = experts  # the run's ensemble; a job trains part of it
     if train_only:
-        from common.gather import check_job_options
+        from common.runs.jobs import check_job_options
 
         check_job_options(settings, out, resume)
         planned = check_experts(spec, None)
@@ -640,13 +385,13 @@ def run_task(
     }
     config = _json_ready(config)
     if train_only:
-        from common.gather import claim_config, expert_complete, job_log_path, open_job_dir
+        from common.runs.folder import claim_config, expert_complete, job_log_path, open_job_dir
 
         run_dir = open_job_dir(out, config)
     else:
         run_dir = open_run_dir(out, spec, task, resume, log=lambda line: (log(line), found.append(line)))
     if resume:
-        check_resumable(json.loads((run_dir / "config.json").read_text()), config, run_dir)
+        check_resumable(json.loads((run_dir / CONFIG_FILE).read_text()), config, run_dir)
     check_saved_networks(run_dir, [job.folder for job in jobs], "--resume" if not train_only else "--train-only")
     # Training imports TensorFlow; everything above fails fast without it.
     from common.training import trainer as training
@@ -655,7 +400,7 @@ def run_task(
         claim_config(run_dir, {**config, "versions": versions(), "split": record.to_dict()})
     locks = network_locks(run_dir, jobs)  # before any log or file of theirs is written
     with locks:
-        runlog = RunLog(job_log_path(run_dir, experts) if train_only else run_dir / "run.log", echo=log)
+        runlog = RunLog(job_log_path(run_dir, experts) if train_only else run_dir / LOG_FILE, echo=log)
         opening = f"{spec.title}, task {task} ({spec.task_name(task)}): " + (
             f"job training {', '.join(map(expert_name, experts))} in run folder {run_dir}"
             if train_only
@@ -663,7 +408,7 @@ def run_task(
         )
         config["versions"] = versions()
         if not train_only:
-            write_json(run_dir / "config.json", {**config, "split": record.to_dict()})
+            write_json(run_dir / CONFIG_FILE, {**config, "split": record.to_dict()})
         runlog(opening)
         runlog(f"data: {source.describe()}")
         for line in found:
@@ -692,14 +437,14 @@ def run_task(
                 continue
             if (folder / RESULT_FILE).is_file():
                 result = training.TrainedExpert(**json.loads((folder / RESULT_FILE).read_text()))
-                result.model_path = folder / training.MODEL_FILE
+                result.model_path = network_files(folder).model
                 runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
             else:
                 train_arrays, train_available = job_targets(settings.strategy, pool, job.heads)
                 if train_arrays is None:  # the data check refuses this before anything is created
                     raise DataError(f"{job.name} has no mask for task {task} in any training case of {spec.name}")
                 validation_arrays, validation_available = job_targets(settings.strategy, validation, job.heads)
-                interrupted = (folder / training.BACKUP_STATE).is_file()
+                interrupted = network_files(folder).backup_state.is_file()
                 runlog(
                     f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
                     f"on {len(train_arrays[0])} cases, validating on "
@@ -711,16 +456,16 @@ def run_task(
                     train_arrays,
                     validation_arrays,
                     settings,
-                    folder,
+                    network_files(folder),
                     seed=job.seed,
                     verbose=verbose,
                     log=runlog.to_file,
-                    tensorboard_dir=run_dir / "tensorboard" / job.name if tensorboard else None,
+                    tensorboard_dir=run_dir / TENSORBOARD_FOLDER / job.name if tensorboard else None,
                     checkpoint_seconds=checkpoint_seconds,
                     available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
                     distribute=distribute,
                 )
-                training.finish_expert(folder, result, RESULT_FILE)
+                mark_network_complete(folder, result.to_dict())
                 resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
                 runlog(
                     f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
@@ -748,7 +493,7 @@ def run_task(
                         held_maps[name][case.case.case_id] = probability
 
         if train_only:
-            from common.gather import finish_job
+            from common.runs.jobs import finish_job
 
             return finish_job(run_dir, spec, task, planned, experts, [c.case.case_id for c in predicted], runlog)
         ensemble_all = averager.mean()
@@ -759,7 +504,7 @@ def run_task(
                 case.reference,
             )
         config["split"] = record.to_dict()
-        write_json(run_dir / "config.json", config)
+        write_json(run_dir / CONFIG_FILE, config)
         return report_run(
             run_dir,
             spec,
@@ -777,7 +522,7 @@ def run_task(
             },
             time.perf_counter() - started,
             runlog,
-            {job.name: run_dir / job.folder / training.LOG_FILE for job in jobs} if plots else None,
+            {job.name: network_files(run_dir / job.folder).log for job in jobs} if plots else None,
         )
 
 
@@ -839,8 +584,8 @@ def report_run(
         "run_dir": str(run_dir),
         **(extra_results or {}),
     }
-    write_json(run_dir / "results.json", results)
-    write_atomic(run_dir / "dice_matrix.csv", dice_matrix_csv(ensemble_scores))
+    write_json(run_dir / RESULTS_FILE, results)
+    write_atomic(run_dir / DICE_MATRIX_FILE, dice_matrix_csv(ensemble_scores))
     if plot_logs is not None:
         write_plots(
             run_dir / PLOTS_FOLDER,

@@ -34,13 +34,9 @@ from common.data.cases import DataError
 from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
 from common.training.augmentation import Augmentation, random_transform
+from common.training.files import NetworkFiles
 from common.training.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
 from common.training.models import build_unet
-
-MODEL_FILE = "model.keras"
-LOG_FILE = "training_log.csv"
-BACKUP_FILE = "backup.keras"
-BACKUP_STATE = "backup.json"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -475,7 +471,7 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def __init__(
         self,
-        out_dir: Path,
+        files: NetworkFiles,
         monitor: str,
         rows: list[dict],
         best: float,
@@ -490,7 +486,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.checkpoint_seconds, self.keep = checkpoint_seconds, keep
         self._best_weights: list | None = None
         self._last_checkpoint = time.perf_counter()
-        self.out_dir, self.monitor, self.rows, self.best = out_dir, monitor, rows, best
+        self.files, self.monitor, self.rows, self.best = files, monitor, rows, best
         self.label, self.epochs, self.log, self.patience = label, epochs, log, patience
         values = [float(row[monitor]) for row in rows if monitor in row]
         self.best_epoch = int(np.argmin(values)) + 1 if values else 0
@@ -509,7 +505,7 @@ class EpochRecorder(keras.callbacks.Callback):
             if self.keep == "best":
                 self._best_weights = self.model.get_weights()
         self.rows.append({"epoch": epoch + 1, **{k: f"{v:.6g}" for k, v in sorted(logs.items())}})
-        write_log(self.out_dir / LOG_FILE, self.rows)
+        write_log(self.files.log, self.rows)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
         self.log(
             f"{self.label} epoch {epoch + 1}/{self.epochs}: {metrics} ({time.perf_counter() - self._started:.1f} s)"
@@ -529,17 +525,17 @@ class EpochRecorder(keras.callbacks.Callback):
     def checkpoint(self, epoch: int) -> None:
         """Write the kept model (the best, if it changed; or the last) and then the backup after ``epoch``."""
         if self.keep == "last":
-            save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+            save_model_atomic(self.model, self.files.model)
         elif self._best_weights is not None:
             current = self.model.get_weights()
             self.model.set_weights(self._best_weights)
             try:
-                save_model_atomic(self.model, self.out_dir / MODEL_FILE)
+                save_model_atomic(self.model, self.files.model)
             finally:  # a failed save (full disk) must not leave the best weights in the training network
                 self.model.set_weights(current)
             self._best_weights = None
-        save_model_atomic(self.model, self.out_dir / BACKUP_FILE)
-        write_atomic(self.out_dir / BACKUP_STATE, json.dumps({"epoch": epoch, "best": self.best}) + "\n")
+        save_model_atomic(self.model, self.files.backup)
+        write_atomic(self.files.backup_state, json.dumps({"epoch": epoch, "best": self.best}) + "\n")
         self._last_checkpoint = time.perf_counter()
 
 
@@ -589,7 +585,7 @@ def train_expert(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
     settings: Settings,
-    out_dir: Path,
+    files: NetworkFiles,
     seed: int,
     verbose: int = 2,
     log: Callable[[str], None] = print,
@@ -600,7 +596,7 @@ def train_expert(
 ) -> TrainedExpert:
     """Train one network on one expert's masks; keep the weights with the best validation loss.
 
-    If ``out_dir`` holds a backup of an interrupted training, it continues from the backup's epoch
+    If ``files`` hold a backup of an interrupted training, it continues from the backup's epoch
     with the saved weights, optimiser state and learning rate.
 
     With ``settings.mixed_precision`` the network is built (or its backup loaded) and trained under
@@ -616,7 +612,7 @@ def train_expert(
             missing mask is all 0 and flagged in ``available``). The network gets K outputs.
         validation: the same for the validation cases, or None to monitor the training loss.
         settings: network, optimiser and augmentation.
-        out_dir: receives ``model.keras``, ``training_log.csv`` and the backup.
+        files: where the kept model, the per-epoch log and the backup go (:class:`NetworkFiles`).
         seed: seeds initialisation, shuffling and augmentation.
         verbose: Keras's own progress (0 silent, 2 one line per epoch).
         log: receives one plain-text line per epoch.
@@ -632,7 +628,7 @@ def train_expert(
     Raises:
         ConfigError: for ``"mirrored"`` with a batch size that is not a multiple of the replicas.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.folder.mkdir(parents=True, exist_ok=True)
     label = network_label(expert)
     strategy = distribution_strategy(distribute)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -654,7 +650,7 @@ def train_expert(
                 train,
                 validation,
                 settings,
-                out_dir,
+                files,
                 seed,
                 verbose,
                 log,
@@ -674,7 +670,7 @@ def _train(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
     settings: Settings,
-    out_dir: Path,
+    files: NetworkFiles,
     seed: int,
     verbose: int,
     log: Callable[[str], None],
@@ -688,7 +684,7 @@ def _train(
     train_available, validation_available = available if available is not None else (None, None)
     soft = settings.strategy == "soft-label"
     monitor = "val_loss" if validation is not None else "loss"
-    state_path, backup_path = out_dir / BACKUP_STATE, out_dir / BACKUP_FILE
+    state_path, backup_path = files.backup_state, files.backup
     first_epoch, best = 0, math.inf
     if state_path.is_file() and backup_path.is_file():
         state = json.loads(state_path.read_text())
@@ -702,9 +698,9 @@ def _train(
         compile_for(model, settings)
     set_synchronized_batch_norm(model, replicas > 1)
     parameters = model.count_params()
-    rows = read_log(out_dir / LOG_FILE)[:first_epoch]  # rows past the backup are redone
+    rows = read_log(files.log)[:first_epoch]  # rows past the backup are redone
     recorder = EpochRecorder(
-        out_dir,
+        files,
         monitor,
         rows,
         best,
@@ -770,7 +766,7 @@ def _train(
     kept = best_index + 1 if settings.keep == "best" else len(losses)
     return TrainedExpert(
         expert,
-        out_dir / MODEL_FILE,
+        files.model,
         best_index + 1,
         losses[best_index],
         monitor,
@@ -800,13 +796,6 @@ def load_saved(path: Path, compile: bool) -> keras.Model:
         return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
         raise unreadable_network(path, error) from error
-
-
-def finish_expert(out_dir: Path, result: TrainedExpert, result_file: str) -> None:
-    """Mark an expert complete (``result.json``) and drop its resume backup."""
-    write_atomic(out_dir / result_file, json.dumps(result.to_dict(), indent=2) + "\n")
-    for name in (BACKUP_FILE, BACKUP_STATE):
-        (out_dir / name).unlink(missing_ok=True)
 
 
 def predict(
