@@ -354,17 +354,17 @@ def test_folds_as_jobs_then_resume_gathers(toy_root, tmp_path):
 
 def test_a_job_that_loses_the_race_writes_nothing(toy_root, tmp_path, monkeypatch):
     """Another job with another configuration claims config.json while this one loads its data."""
-    import common.gather as gather
+    from common.runs import folder
 
     run = tmp_path / "run"
-    original = gather.open_job_dir
+    original = folder.open_job_dir
 
     def open_then_another_job_claims(out, config):
         opened = original(out, config)
-        gather.claim_file(opened / "config.json", {**config, "seed": 99})
+        folder.claim_file(opened / "config.json", {**config, "seed": 99})
         return opened
 
-    monkeypatch.setattr(gather, "open_job_dir", open_then_another_job_claims)
+    monkeypatch.setattr(folder, "open_job_dir", open_then_another_job_claims)
     with pytest.raises(ConfigError, match="seed: 99 -> 3"):
         job(toy_root, run, [1])
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == ["config.json", "jobs"]
