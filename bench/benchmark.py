@@ -370,7 +370,8 @@ def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> di
     import numpy as np
 
     from common.data.cases import discover_cases, load_case
-    from common.runs.pipeline import choose_held_out, prepare_case, stack_for_expert
+    from common.runs.pipeline import choose_held_out, prepare_case
+    from common.strategies import STRATEGIES
 
     kidney = kidney_module()
     spec = kidney.DATASET
@@ -388,7 +389,8 @@ def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> di
         prepare_ms.append((t2 - t1) * 1e3)
         if case.case_id not in held_out:
             prepared.append(ready)
-    images, masks = stack_for_expert(prepared, expert)
+    network = next(n for n in STRATEGIES["per-expert"].networks([expert], seed) if n.heads == (expert,))
+    (images, masks), _ = STRATEGIES["per-expert"].targets(prepared, network)
     return {
         "images": images.astype(np.float32),
         "masks": masks.astype(np.float32),

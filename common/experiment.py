@@ -145,8 +145,9 @@ def run_experiment(
     from common.data.check import check_run_data
     from common.runs.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
     from common.runs.folder import new_run_dir, prepare_run_dir
-    from common.runs.pipeline import check_experts, check_task, training_jobs
+    from common.runs.pipeline import check_experts, check_task
     from common.runs.storage import RunLog, write_atomic, write_json
+    from common.strategies import strategy
 
     check_task(spec, task)
     experts = check_experts(spec, experts)
@@ -190,9 +191,9 @@ def run_experiment(
             task,
             {"train": cases, "held_out": cases},
             {
-                f"{s.strategy} {job.name}": job.heads
+                f"{s.strategy} {job.name}": list(job.heads)
                 for s in {v.strategy: v for v in settings}.values()
-                for job in training_jobs(s.strategy, experts, seed)
+                for job in strategy(s.strategy).networks(experts, seed)
             },
             echo=log,
         )

@@ -10,19 +10,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A setting, option or dataset description that cannot work; the message names it."""
-
+from common.errors import ConfigError
+from common.strategies import STRATEGIES as _REGISTRY
+from common.strategies import strategy as _strategy
 
 SPLITS = ("train", "validation", "test")
 
 #: Training losses (see :mod:`common.training.losses`): soft Dice, or soft Dice plus binary cross-entropy.
 LOSS_NAMES = ("dice", "dice+bce")
 
-#: How the experts' masks are learned (see :mod:`common.runs.pipeline`): one network per expert (the study),
+#: How the experts' masks are learned (see :mod:`common.strategies`, the registry): one network per expert (the study),
 #: one network with a head per expert, or one network trained on the mean expert mask.
-STRATEGIES = ("per-expert", "multi-head", "soft-label")
+STRATEGIES = tuple(_REGISTRY)
 
 #: ``--distribute``: how each network's training uses the local devices (see
 #: ``common.training.trainer.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
@@ -208,13 +207,7 @@ class Settings:
                 raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.strategy == "soft-label" and self.loss != "dice":
-            raise ConfigError(
-                "strategy soft-label trains on the mean expert mask with a squared-denominator soft Dice (a loss "
-                f"minimised at p = g); loss {self.loss!r} does not apply to it"
-            )
+        _strategy(self.strategy).check(self)
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if not 0 <= self.rotation <= 180:

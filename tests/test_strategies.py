@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 from helpers import SPEC, TINY, make_toy_root
 
-from common.runs.pipeline import PreparedCase, job_targets, run_task, training_jobs
+from common.runs.folder import network_folder
+from common.runs.pipeline import PreparedCase, run_task
 from common.spec import ConfigError, Settings
+from common.strategies import STRATEGIES, Network, strategy
 from common.training.augmentation import apply_transform
 from common.training.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
 from common.training.models import build_unet
@@ -24,36 +26,54 @@ def case(masks: dict[int, float]) -> PreparedCase:
 CASES = [case({1: 1.0, 2: 0.0, 3: 1.0}), case({1: 0.0, 3: 1.0}), case({2: 1.0})]
 
 
-def test_training_jobs():
-    assert [(j.name, j.folder, j.seed, j.heads) for j in training_jobs("per-expert", [1, 3], 10)] == [
-        ("seg01", "experts/seg01", 11, [1]),
-        ("seg03", "experts/seg03", 13, [3]),
+def networks(name, experts, seed):
+    return [(n.name, network_folder(n), n.seed, n.heads) for n in strategy(name).networks(experts, seed)]
+
+
+def test_networks_of_each_strategy():
+    assert networks("per-expert", [1, 3], 10) == [
+        ("seg01", "experts/seg01", 11, (1,)),
+        ("seg03", "experts/seg03", 13, (3,)),
     ]
-    assert [(j.name, j.folder, j.heads) for j in training_jobs("multi-head", [1, 3], 10)] == [
-        ("multi-head", "network", [1, 3])
-    ]
-    assert [(j.name, j.folder, j.heads) for j in training_jobs("soft-label", [1, 3], 10)] == [
-        ("soft-label", "network", [None])
-    ]
+    assert networks("multi-head", [1, 3], 10) == [("multi-head", "network", 10, (1, 3))]
+    assert networks("soft-label", [1, 3], 10) == [("soft-label", "network", 10, (None,))]
+
+
+def test_registry_names_every_strategy_once():
+    from common.spec import STRATEGIES as SETTINGS_CHOICES
+
+    assert tuple(STRATEGIES) == SETTINGS_CHOICES == ("per-expert", "multi-head", "soft-label")
+    assert all(s.name == name for name, s in STRATEGIES.items())
+    with pytest.raises(ConfigError, match="strategy must be one of per-expert, multi-head, soft-label, got 'x'"):
+        strategy("x")
+
+
+def targets(name, heads):
+    return strategy(name).targets(CASES, Network("n", 0, tuple(heads), name == "per-expert"))
 
 
 def test_targets_per_expert():
-    (images, masks), available = job_targets("per-expert", CASES, [2])
+    (images, masks), available = targets("per-expert", [2])
     assert len(images) == 2 and available is None  # case 2 lacks expert 2
     assert masks[:, 0, 0, 0].tolist() == [0.0, 1.0]
 
 
 def test_targets_multi_head():
-    (images, masks), available = job_targets("multi-head", CASES, [1, 2])
+    (images, masks), available = targets("multi-head", [1, 2])
     assert masks.shape == (3, 2, 2, 2)
     assert masks[:, 0, 0, :].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     assert available.tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]  # a missing mask is flagged, not drawn
 
 
 def test_targets_soft_label():
-    (images, targets), available = job_targets("soft-label", CASES, [None])
-    assert targets.shape == (3, 2, 2, 1) and available is None
-    assert targets[:, 0, 0, 0] == pytest.approx([2 / 3, 1 / 2, 1.0])  # the mean of the masks each case has
+    (images, targets_), available = targets("soft-label", [None])
+    assert targets_.shape == (3, 2, 2, 1) and available is None
+    assert targets_[:, 0, 0, 0] == pytest.approx([2 / 3, 1 / 2, 1.0])  # the mean of the masks each case has
+
+
+def test_no_case_qualifies():
+    assert targets("per-expert", [4]) == (None, None)
+    assert targets("multi-head", [4, 5]) == (None, None)
 
 
 def heads_targets(masks, available):

@@ -204,7 +204,7 @@ def run_cross_validation(
         raise ConfigError("--train-only with --folds needs --fold k: each job trains experts of one fold")
     from common.data.cases import find_release
     from common.data.check import check_run_data, collected_warnings
-    from common.runs.pipeline import training_jobs
+    from common.strategies import strategy
 
     found: list[str] = []  # the data's warnings: printed now, written to run.log once it exists
     with collected_warnings(found, log):
@@ -235,7 +235,7 @@ def run_cross_validation(
         spec,
         task,
         {"train": cases, "held_out": cases},
-        {job.name: job.heads for job in training_jobs(settings.strategy, planned, seed)},
+        {job.name: list(job.heads) for job in strategy(settings.strategy).networks(planned, seed)},
         echo=log,
     )
     found.extend(w for w in checked.warnings if w not in found)

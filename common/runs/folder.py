@@ -246,7 +246,7 @@ def network_locks(run_dir: Path, jobs: list) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     try:
         for job in jobs:
-            folder = Path(run_dir) / job.folder
+            folder = Path(run_dir) / network_folder(job)
             if not folder.is_dir():  # made for the lock: removed again if nothing else was put in it
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder, Path(run_dir))
@@ -472,6 +472,12 @@ def ready_to_gather(run_dir: Path) -> bool:
         return False
     cases = list(split["held_out"]) + list(split.get("validation", []))
     return not missing_parts(run_dir, config["dataset"]["name"], config["task"], config["experts"], cases)
+
+
+def network_folder(network) -> str:
+    """A network's folder in its run folder: ``experts/segEE`` for an expert's own network, ``network`` for a
+    strategy's only one (``network`` is a :class:`common.strategies.Network`)."""
+    return f"{EXPERTS_FOLDER}/{network.name}" if network.per_expert else NETWORK_FOLDER
 
 
 def network_files(folder: Path) -> NetworkFiles:

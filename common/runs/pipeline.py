@@ -23,9 +23,7 @@ from common.evaluation.scoring import score_cases
 from common.runs.folder import (
     CONFIG_FILE,
     DICE_MATRIX_FILE,
-    EXPERTS_FOLDER,
     LOG_FILE,
-    NETWORK_FOLDER,
     PLOTS_FOLDER,
     PREDICTIONS_FOLDER,
     RESULT_FILE,
@@ -37,11 +35,13 @@ from common.runs.folder import (
     expert_name,
     mark_network_complete,
     network_files,
+    network_folder,
     network_locks,
     open_run_dir,
 )
 from common.runs.storage import RunLog, write_atomic, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.strategies import strategy
 
 
 def check_task(spec: DatasetSpec, task: int) -> None:
@@ -101,47 +101,6 @@ def prepare_case(loaded: LoadedCase, settings: Settings, keep_original: bool) ->
     return PreparedCase(loaded.case, image, masks, geometry, loaded.nifti, original, normalised, sorted(loaded.masks))
 
 
-def stack_for_expert(cases: list[PreparedCase], expert: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Images and masks of the cases that ``expert`` annotated (a case lacking the mask is left out)."""
-    chosen = [c for c in cases if expert in c.masks]
-    if not chosen:
-        return None
-    return np.stack([c.image for c in chosen]), np.stack([c.masks[expert] for c in chosen])
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    """One network to train: its name, folder, seed, and the experts its outputs stand for, in order.
-
-    ``heads`` is ``[e]`` for expert ``e``'s own network, every expert for a multi-head network, and
-    ``[None]`` for the soft-label network, whose one output is a consensus map, no expert's.
-    """
-
-    kind: str
-    name: str
-    folder: str
-    seed: int
-    heads: list[int | None]
-
-    @property
-    def label(self) -> int | str:
-        """What ``train_expert`` calls the network in its logs (``seg02``, ``multi-head``)."""
-        return self.heads[0] if self.kind == "expert" else self.name
-
-
-def training_jobs(strategy: str, experts: list[int], seed: int) -> list[TrainingJob]:
-    """The networks a strategy trains: one per expert, or exactly one (in ``network/``)."""
-    if strategy == "per-expert":
-        return [
-            TrainingJob("expert", expert_name(e), f"{EXPERTS_FOLDER}/{expert_name(e)}", seed + e, [e]) for e in experts
-        ]
-    if strategy == "multi-head":
-        return [TrainingJob("network", "multi-head", NETWORK_FOLDER, seed, list(experts))]
-    if strategy == "soft-label":
-        return [TrainingJob("network", "soft-label", NETWORK_FOLDER, seed, [None])]
-    raise ConfigError(f"unknown strategy {strategy!r}")
-
-
 def per_expert_cases(pool: list[PreparedCase], validation: list[PreparedCase], experts: list[int]) -> dict:
     """Per expert, the training and validation cases it annotated (for ``config.json``)."""
     return {
@@ -151,34 +110,6 @@ def per_expert_cases(pool: list[PreparedCase], validation: list[PreparedCase], e
         }
         for e in experts
     }
-
-
-def job_targets(
-    strategy: str, cases: list[PreparedCase], heads: list[int | None]
-) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
-    """Images and training targets of ``cases`` for one network, and (multi-head) which masks exist.
-
-    - per-expert: the cases the expert annotated, with its masks;
-    - multi-head: every case one of the experts annotated, masks ``(N, S, S, E)`` with zeros where an
-      expert's mask is missing, flagged 0 in ``available (N, E)``;
-    - soft-label: every annotated case, with the mean of the masks it has (values k/n).
-    Returns ``(None, None)`` when no case qualifies.
-    """
-    if strategy == "per-expert":
-        return stack_for_expert(cases, heads[0]), None
-    if strategy == "multi-head":
-        chosen = [c for c in cases if any(e in c.masks for e in heads)]
-        if not chosen:
-            return None, None
-        zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
-        masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in heads], axis=-1) for c in chosen])
-        available = np.array([[float(e in c.masks) for e in heads] for c in chosen], dtype=np.float32)
-        return (np.stack([c.image for c in chosen]), masks), available
-    chosen = [c for c in cases if c.masks]
-    if not chosen:
-        return None, None
-    means = np.stack([np.mean(list(c.masks.values()), axis=0) for c in chosen]).astype(np.float32)
-    return (np.stack([c.image for c in chosen]), means), None
 
 
 def uncertainty_metrics(
@@ -339,13 +270,14 @@ def run_task(
         held_out = roles["held_out"]
         split_record = roles
     by_id = {c.case_id: c for c in train_cases + validation_cases}
-    jobs = training_jobs(settings.strategy, experts, seed)
+    learner = strategy(settings.strategy)
+    jobs = learner.networks(experts, seed)
     # Every file the run uses is read and checked before anything is created (common.data.check).
     checked = check_run_data(
         spec,
         task,
         {role: [by_id[i] for i in ids] for role, ids in roles.items()},
-        {job.name: job.heads for job in training_jobs(settings.strategy, planned, seed)},
+        {job.name: list(job.heads) for job in learner.networks(planned, seed)},
         test_cases,
         echo=log,
     )
@@ -392,7 +324,8 @@ def run_task(
         run_dir = open_run_dir(out, spec, task, resume, log=lambda line: (log(line), found.append(line)))
     if resume:
         check_resumable(json.loads((run_dir / CONFIG_FILE).read_text()), config, run_dir)
-    check_saved_networks(run_dir, [job.folder for job in jobs], "--resume" if not train_only else "--train-only")
+    what = "--resume" if not train_only else "--train-only"
+    check_saved_networks(run_dir, [network_folder(job) for job in jobs], what)
     # Training imports TensorFlow; everything above fails fast without it.
     from common.training import trainer as training
 
@@ -428,8 +361,8 @@ def run_task(
         trained: dict[str, training.TrainedExpert] = {}
         started = time.perf_counter()
         for number, job in enumerate(jobs, start=1):
-            folder = run_dir / job.folder
-            prefix = f"[{job.kind} {number}/{len(jobs)}] {job.name}"
+            folder = run_dir / network_folder(job)
+            prefix = f"[{'expert' if job.per_expert else 'network'} {number}/{len(jobs)}] {job.name}"
             if train_only and expert_complete(
                 run_dir, spec.name, task, job.heads[0], [c.case.case_id for c in predicted]
             ):
@@ -440,10 +373,10 @@ def run_task(
                 result.model_path = network_files(folder).model
                 runlog(f"{prefix}: already trained ({RESULT_FILE}), reusing its model")
             else:
-                train_arrays, train_available = job_targets(settings.strategy, pool, job.heads)
+                train_arrays, train_available = learner.targets(pool, job)
                 if train_arrays is None:  # the data check refuses this before anything is created
                     raise DataError(f"{job.name} has no mask for task {task} in any training case of {spec.name}")
-                validation_arrays, validation_available = job_targets(settings.strategy, validation, job.heads)
+                validation_arrays, validation_available = learner.targets(validation, job)
                 interrupted = network_files(folder).backup_state.is_file()
                 runlog(
                     f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
@@ -462,7 +395,7 @@ def run_task(
                     log=runlog.to_file,
                     tensorboard_dir=run_dir / TENSORBOARD_FOLDER / job.name if tensorboard else None,
                     checkpoint_seconds=checkpoint_seconds,
-                    available=(train_available, validation_available) if settings.strategy == "multi-head" else None,
+                    available=(train_available, validation_available) if learner.masked else None,
                     distribute=distribute,
                 )
                 mark_network_complete(folder, result.to_dict())
@@ -522,7 +455,7 @@ def run_task(
             },
             time.perf_counter() - started,
             runlog,
-            {job.name: network_files(run_dir / job.folder).log for job in jobs} if plots else None,
+            {job.name: network_files(run_dir / network_folder(job)).log for job in jobs} if plots else None,
         )
 
 

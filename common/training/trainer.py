@@ -33,9 +33,9 @@ import tensorflow as tf
 from common.data.cases import DataError
 from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
+from common.strategies import strategy
 from common.training.augmentation import Augmentation, random_transform
 from common.training.files import NetworkFiles
-from common.training.losses import MultiHeadLoss, SoftLabelLoss, dice_coefficient, make_loss, multi_head_dice
 from common.training.models import build_unet
 
 
@@ -561,14 +561,8 @@ class TrainedExpert:
 
 
 def compile_for(model: keras.Model, settings: Settings) -> None:
-    """Adam with the strategy's loss: ``--loss`` per network or per head; for soft-label the
-    squared-denominator Dice on the mean mask (``SoftLabelLoss``)."""
-    if settings.strategy == "multi-head":
-        loss, metrics = MultiHeadLoss(settings.loss, settings.dice_smooth), [multi_head_dice]
-    elif settings.strategy == "soft-label":
-        loss, metrics = SoftLabelLoss(), [dice_coefficient]
-    else:
-        loss, metrics = make_loss(settings.loss, settings.dice_smooth), [dice_coefficient]
+    """Adam with the strategy's loss and metrics (:meth:`common.strategies.Strategy.loss`)."""
+    loss, metrics = strategy(settings.strategy).loss(settings.loss, settings.dice_smooth)
     # A weighted metric gets the sample weights, as the loss does: only the padded validation batches of a
     # mirrored training have any (evaluation_dataset), and without them it is the plain mean, same name.
     model.compile(
@@ -682,7 +676,7 @@ def _train(
     """:func:`train_expert` once its dtype policy and distribution strategy are in place."""
     seed_everything(seed)
     train_available, validation_available = available if available is not None else (None, None)
-    soft = settings.strategy == "soft-label"
+    binary = strategy(settings.strategy).binary_targets
     monitor = "val_loss" if validation is not None else "loss"
     state_path, backup_path = files.backup_state, files.backup
     first_epoch, best = 0, math.inf
@@ -727,7 +721,7 @@ def _train(
             epochs=settings.epochs,
             first_epoch=first_epoch,
             available=train_available,
-            binary=not soft,
+            binary=binary,
             replicas=replicas,
         )
         validation_data, validation_steps = None, None
@@ -741,7 +735,7 @@ def _train(
                 epochs=settings.epochs,
                 first_epoch=first_epoch,
                 available=validation_available,
-                binary=not soft,
+                binary=binary,
                 replicas=replicas,
             )
             validation_steps = math.ceil(padded_count(len(validation[0]), replicas) / settings.batch_size)
