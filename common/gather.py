@@ -44,6 +44,7 @@ from common.evaluation.ensemble import MapAverager
 from common.evaluation.predictions import prediction_path, read_prediction, write_prediction
 from common.runs.folder import (
     CONFIG_FILE,
+    EXPERTS_FOLDER,
     JOBS_FOLDER,
     LOG_FILE,
     MODEL_FILE,
@@ -53,14 +54,7 @@ from common.runs.folder import (
     read_config,
 )
 from common.runs.jobs import gather_command, job_command
-from common.runs.pipeline import (
-    EXPERTS_FOLDER,
-    PREDICTIONS_FOLDER,
-    RESULT_FILE,
-    expert_name,
-    prepare_case,
-    report_run,
-)
+from common.runs.pipeline import PREDICTIONS_FOLDER, RESULT_FILE, expert_name, prepare_case, report_run
 from common.runs.storage import RunLog
 from common.spec import ConfigError, DatasetSpec, Settings
 
