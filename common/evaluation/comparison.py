@@ -287,7 +287,7 @@ def comparison_csv(variants: list[VariantResult]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Cross-validation folders made apart (python -m common.comparison CV_DIR CV_DIR ...)
+# Cross-validation folders made apart (``python -m common.comparison CV_DIR CV_DIR ...``, common/comparison.py)
 
 
 def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
@@ -361,26 +361,3 @@ def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
         f"folds, seed {first_config.get('seed')}"
     )
     return variants, title
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the paired comparison of cross-validation folders, or exit 2 with the reason."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m common.comparison",
-        description="Compare finished cross-validations made on the same folds and seed (e.g. two experiments "
-        "with --splits of one splits.json): the first folder is the baseline. Imports no TensorFlow.",
-    )
-    parser.add_argument("folders", nargs="+", metavar="CV_DIR", help="cross-validation folders (a variant's folder)")
-    args = parser.parse_args(argv)
-    try:
-        variants, title = compare_folders(args.folders)
-    except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(format_comparison(variants, title))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""``python -m common.comparison CV_DIR CV_DIR ...``: the paired comparison of cross-validations made apart.
+
+A thin command line over :func:`common.evaluation.comparison.compare_folders`; imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from common.evaluation.comparison import compare_folders, format_comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the paired comparison of cross-validation folders, or exit 2 with the reason."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m common.comparison",
+        description="Compare finished cross-validations made on the same folds and seed (e.g. two experiments "
+        "with --splits of one splits.json): the first folder is the baseline. Imports no TensorFlow.",
+    )
+    parser.add_argument("folders", nargs="+", metavar="CV_DIR", help="cross-validation folders (a variant's folder)")
+    args = parser.parse_args(argv)
+    try:
+        variants, title = compare_folders(args.folders)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(format_comparison(variants, title))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
