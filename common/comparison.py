@@ -5,7 +5,8 @@ A thin command line over :func:`common.evaluation.comparison.compare_folders`; i
 
 from __future__ import annotations
 
-from common.evaluation.comparison import compare_folders, format_comparison
+from common.evaluation.comparison import format_comparison
+from common.runs.compare import compare_folders
 
 
 def main(argv: list[str] | None = None) -> int:

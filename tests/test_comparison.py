@@ -283,7 +283,7 @@ def _cv_folder(root, name, settings, fold_scores, per_case, folds, seed=0):
 
 def test_folders_made_apart_are_compared_as_one_experiment(tmp_path, capsys):
     from common.comparison import main
-    from common.evaluation.comparison import compare_folders
+    from common.runs.compare import compare_folders
     from common.spec import Settings
 
     base = Settings(input_size=64, keep="best").to_dict()
