@@ -6,43 +6,13 @@ No flips: left and right kidneys are not mirror images of one another in these s
 """
 
 from common.cli import main
-from common.spec import DatasetSpec, Settings
-from common.switches import demo_settings
+from common.datasets import KIDNEY
 
 task = 1  # kidney has a single task
 
-DATASET = DatasetSpec(
-    name="kidney",
-    title="Kidney CT",
-    modality="CT",
-    channels=1,
-    tasks=1,
-    experts=3,
-    image_shape=(497, 497),
-    n_train=20,
-    n_validation=4,
-    n_test=4,
-    n_held_out=4,
-    task_names=("kidney",),
-)
-
-# The original study: deep U-Net with ConvLSTM decoder, 512 px, batch 1, 500 epochs.
-STUDY = Settings(
-    input_size=512,
-    depth=5,
-    base_filters=16,
-    convlstm=True,
-    dropout="spatial",
-    dropout_rate=0.2,
-    batch_size=1,
-    learning_rate=1e-4,
-    epochs=500,
-    ct_window=(0.0, 255.0),
-    flip=False,
-)
-
-# CPU-sized defaults for --demo (a few minutes on 2 cores).
-DEMO = demo_settings(STUDY, input_size=128, depth=4, base_filters=8, batch_size=2, learning_rate=1e-3, epochs=60)
+# What the dataset is (experts, image size, splits), the original study's settings for it and the CPU-sized
+# demo's: common/datasets.py, KIDNEY.
+DATASET, STUDY, DEMO = KIDNEY.spec, KIDNEY.study, KIDNEY.demo
 
 if __name__ == "__main__":
     main(DATASET, STUDY, DEMO, task)

@@ -5,42 +5,13 @@ only 5 experts: its consensus is the mean of the 5 masks it has.
 """
 
 from common.cli import main
-from common.spec import DatasetSpec, Settings
-from common.switches import demo_settings
+from common.datasets import PROSTATE
 
 task = 1  # 1 or 2
 
-DATASET = DatasetSpec(
-    name="prostate",
-    title="Prostate MRI",
-    modality="MRI",
-    channels=1,
-    tasks=2,
-    experts=6,
-    image_shape=(640, 640),
-    n_train=48,
-    n_validation=7,
-    n_test=13,
-    n_held_out=7,
-    task_names=("prostate", "transition zone"),
-)
-
-# The original study: deep U-Net with ConvLSTM decoder, 512 px, batch 1, 200 epochs.
-STUDY = Settings(
-    input_size=512,
-    depth=5,
-    base_filters=16,
-    convlstm=True,
-    dropout="spatial",
-    dropout_rate=0.2,
-    batch_size=1,
-    learning_rate=1e-4,
-    epochs=200,
-    flip=True,
-)
-
-# CPU-sized defaults for --demo (a few minutes on 2 cores).
-DEMO = demo_settings(STUDY, input_size=128, depth=4, base_filters=8, batch_size=2, learning_rate=1e-3, epochs=15)
+# What the dataset is (experts, image size, splits), the original study's settings for it and the CPU-sized
+# demo's: common/datasets.py, PROSTATE.
+DATASET, STUDY, DEMO = PROSTATE.spec, PROSTATE.study, PROSTATE.demo
 
 if __name__ == "__main__":
     main(DATASET, STUDY, DEMO, task)

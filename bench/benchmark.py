@@ -356,9 +356,10 @@ def gpu_details(tf) -> list[dict]:
 
 
 def kidney_module():
-    import Kidney
+    """The kidney dataset (:mod:`common.datasets`): ``.spec``, ``.study``, ``.demo``."""
+    from common.datasets import KIDNEY
 
-    return Kidney
+    return KIDNEY
 
 
 def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> dict:
@@ -370,12 +371,13 @@ def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> di
     import numpy as np
 
     from common.data.cases import discover_cases, load_case
-    from common.runs.pipeline import choose_held_out, prepare_case
+    from common.data.prepared import prepare_case
+    from common.runs.plan import choose_held_out
     from common.strategies import STRATEGIES
 
     kidney = kidney_module()
-    spec = kidney.DATASET
-    settings = kidney.STUDY.replace(input_size=size)
+    spec = kidney.spec
+    settings = kidney.study.replace(input_size=size)
     cases = discover_cases(Path(data_root), spec.name, "train")
     held_out = set(choose_held_out([c.case_id for c in cases], spec.n_held_out, seed))
     load_ms, prepare_ms, prepared = [], [], []
@@ -383,7 +385,7 @@ def load_kidney(data_root: str, size: int, seed: int = 0, expert: int = 1) -> di
         t0 = time.perf_counter()
         loaded = load_case(case, spec, 1)
         t1 = time.perf_counter()
-        ready = prepare_case(loaded, settings, keep_original=False)
+        ready = prepare_case(loaded, settings)
         t2 = time.perf_counter()
         load_ms.append((t1 - t0) * 1e3)
         prepare_ms.append((t2 - t1) * 1e3)
@@ -404,7 +406,7 @@ def network_settings(preset: str, builder: str, size: int, batch: int | None = N
     """The kidney study's settings with a preset's network (depth, filters, batch) and the given builder."""
     kidney = kidney_module()
     p = PRESETS[preset]
-    base = kidney.DEMO if preset == "demo" else kidney.STUDY
+    base = kidney.demo if preset == "demo" else kidney.study
     changes = {
         "input_size": size,
         "depth": p["depth"],
@@ -829,46 +831,36 @@ def study_training_dataset(
 
 
 def worker_score(job: dict) -> dict:
-    """Section 8: run_task on the kidney task, tuned (as is) or study-style (generator input patched in)."""
+    """Section 8: the kidney task's plan, tuned (as is) or study-style (a generator stream: the trainer seam)."""
     start_tensorflow()
-    from common.runs.pipeline import run_task
+    from common.runs.pipeline import run_plan
+    from common.runs.plan import RunOptions
     from common.training import trainer as training
 
     kidney = kidney_module()
-    settings = kidney.DEMO.replace(batch_size=job["batch"], learning_rate=job["lr"], epochs=job["epochs"], patience=0)
+    settings = kidney.demo.replace(batch_size=job["batch"], learning_rate=job["lr"], epochs=job["epochs"], patience=0)
     streams: list[int] = []
+    trainer = training.Trainer()
     if job["mode"] == "baseline":
 
-        def patched(*args, **kwargs):
+        def generator_stream(*args, **kwargs):
             streams.append(len(args[0]))
             return study_training_dataset(*args, **kwargs)
 
-        training.training_dataset = patched
-        training.NETWORKS.enabled = False  # the study's way: a new network (and its tracing) per expert
+        # the study's way: a Python generator feeds the batches, and each network is built (and traced) anew
+        trainer = training.Trainer(stream=generator_stream, reuse_networks=False)
     per_network: list[dict] = []
-    train_expert = training.train_expert
 
     def recorded(*args, **kwargs):
         t = time.perf_counter()
-        result = train_expert(*args, **kwargs)
+        result = trainer.train(*args, **kwargs)
         per_network.append({"network": str(args[0]), "seconds": time.perf_counter() - t, "rss_mb_after": rss_now_mb()})
         return result
 
-    training.train_expert = recorded
     lines: list[str] = []
     t0 = time.perf_counter()
-    results = run_task(
-        kidney.DATASET,
-        settings,
-        1,
-        Path(job["data_root"]),
-        experts=job["experts"],
-        seed=0,
-        out=Path(job["out"]),
-        plots=False,
-        verbose=0,
-        log=lines.append,
-    )
+    options = RunOptions(experts=job["experts"], seed=0, out=Path(job["out"]), plots=False, verbose=0, log=lines.append)
+    results = run_plan(kidney.spec, settings, 1, Path(job["data_root"]), options, train=recorded)
     wall = time.perf_counter() - t0
     return {
         "mode": job["mode"],
@@ -902,7 +894,7 @@ def worker_experts(job: dict) -> dict:
     training.NETWORKS.enabled = job["pool"]
     arrays = load_kidney(job["data_root"], 128)
     images, masks = arrays["images"], arrays["masks"]
-    settings = kidney_module().DEMO.replace(epochs=job["epochs"], patience=0)
+    settings = kidney_module().demo.replace(epochs=job["epochs"], patience=0)
     out = Path(job["out"])
     rows = []
     for number in range(1, job["networks"] + 1):
@@ -1876,14 +1868,14 @@ def score_section(state: dict) -> list[str]:
         "## 8. Score at equal model",
         "",
         f"Kidney task 1 (demo preset: ConvLSTM U-Net, depth 4, 8 filters, 128 px), experts {data['experts']}, "
-        "no early stopping, seed 0, through `common.runs.pipeline.run_task` (split, best-epoch choice on the "
+        "no early stopping, seed 0, through `common.runs.pipeline.run_plan` (split, best-epoch choice on the "
         "validation cases, prediction, ensemble, QUBIQ score on the 4 held-out cases) every time, each run in "
-        "its own process. Baseline: the study's way, `common.training.trainer.training_dataset` replaced (in that "
-        "process only) by the study's Python generator without prefetch, batch 1, and a new network built and "
-        "traced for every expert (`common.training.trainer.NETWORKS.enabled = False`). Tuned: the project's pipeline "
-        f"as is (tf.data stream, one pooled network for all experts) at the batch, learning rate and epochs of "
-        f"the row ({data['batch_chosen_by']}). Speed-up: the baseline's wall time over the run's. A score more "
-        f"than {tolerance} below the baseline's counts as worse.",
+        "its own process. Baseline: the study's way, a `common.training.trainer.Trainer` whose stream is the "
+        "study's Python generator without prefetch, batch 1, and which builds and traces a new network "
+        "for every expert (`Trainer(stream=..., reuse_networks=False)`, passed to `run_plan` as `train`). "
+        "Tuned: the project's pipeline as is (tf.data stream, one pooled network for all experts) at the batch, "
+        f"learning rate and epochs of the row ({data['batch_chosen_by']}). Speed-up: the baseline's wall time "
+        f"over the run's. A score more than {tolerance} below the baseline's counts as worse.",
         "",
     ]
     runs = data["runs"]

@@ -16,7 +16,6 @@ warms the page cache (as a second start would find it), and once cold when ``--d
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.data.cases import discover_cases  # noqa: E402
 from common.data.check import check_run_data  # noqa: E402
+from common.datasets import PROSTATE  # noqa: E402
 
 
 def write_tree(root: Path, n_train: int = 48, n_validation: int = 7, seed: int = 0) -> Path:
@@ -60,7 +60,7 @@ def write_tree(root: Path, n_train: int = 48, n_validation: int = 7, seed: int =
 
 
 def time_check(root: Path, task: int, repeats: int) -> tuple[list[float], int]:
-    spec = importlib.import_module("Prostate").DATASET
+    spec = PROSTATE.spec
     seconds, files = [], 0
     for _ in range(repeats):
         start = time.perf_counter()

@@ -44,36 +44,46 @@ def int_at_least(minimum: int):
 
 
 def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) -> argparse.ArgumentParser:
+    """The dataset script's options in four groups (data, run, jobs, settings), each default stated once."""
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name,
         description=f"{spec.title} (QUBIQ '{spec.name}'): one U-Net per expert, their ensemble, and the QUBIQ "
         f"threshold-Dice table on {spec.n_held_out} held-out training cases.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
+    add_data_options(parser.add_argument_group("data"), spec, task)
+    add_run_options(parser.add_argument_group("run"), spec)
+    add_job_options(parser.add_argument_group("jobs", "a run split into jobs (e.g. a job array); then gathered"))
+    add_switches(parser, spec, study, demo)
+    return parser
+
+
+def add_data_options(group, spec: DatasetSpec, task: int) -> None:
+    """Which data: the task, the release's folder (or the demo data), which release."""
+    group.add_argument(
         "--task",
         type=int,
         default=None,
         help=f"task to run ({', '.join(map(str, spec.valid_tasks))}); overrides the script's 'task = {task}'",
     )
     env_root = os.environ.get("QUBIQ_DATA")
-    parser.add_argument(
+    group.add_argument(
         "--data-root",
         type=Path,
         default=None,
+        metavar="ROOT",
         help=f"folder holding the QUBIQ release as unpacked: 2020 (training_data_v2/, validation_data_v2/, test/) "
         f"or 2021 (training_data_v3_QC/, validation_data_qubiq2021_QC/, QUBIQ21_test/) "
         f"(default: $QUBIQ_DATA{' = ' + env_root if env_root else ''}, else ./{DEFAULT_DATA_ROOT}; "
         f"with --demo: ./{DEFAULT_DEMO_ROOT}/seed<SEED>)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--release",
         choices=RELEASE_NAMES,
         default=None,
         help="which QUBIQ release to read when the data root holds both (default: the one there)",
     )
     kinds = demo_kinds(spec)
-    parser.add_argument(
+    group.add_argument(
         "--demo",
         nargs="?",
         const="synthetic",
@@ -83,51 +93,68 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         + "; ".join(f"{kind}: {DEMO_KINDS[kind]}" for kind in kinds)
         + " (default: synthetic)",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--predict-test",
+        action="store_true",
+        help="also predict the official test cases (no masks) into the run's predictions/ folder",
+    )
+
+
+def add_run_options(group, spec: DatasetSpec) -> None:
+    """How the run goes: which experts, the seed, the folder, resuming, cross-validation, the devices."""
+    group.add_argument(
         "--experts", type=parse_experts, default=None, help=f"experts to train, e.g. 1,3 (default: all {spec.experts})"
     )
-    parser.add_argument(
+    group.add_argument(
         "--seed",
         type=int_at_least(0),
         default=None,
         help="seeds the held-out split, the demo data, initialisation, shuffling and augmentation (default: 0)",
     )
-    parser.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="TensorFlow op determinism: same seed, same weights on the same machine (slower)",
-    )
-    parser.add_argument(
-        "--distribute",
-        choices=DISTRIBUTE_CHOICES,
-        default="none",
-        help="mirrored: train each network with tf.distribute.MirroredStrategy over all local GPUs (without "
-        "GPUs: the CPU logical devices, one unless configured); --batch-size is the global batch, split evenly "
-        "across the replicas (a multiple of them), with batch norm over the whole batch; with one device it is "
-        "the same as none. Each epoch leaves out its last (images mod replicas) training images; otherwise the "
-        "result changes by float rounding only, so it is a runtime option (recorded in config.json), not a setting",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--out",
         type=Path,
         default=None,
+        metavar="RUN_DIR",
         help="run folder to create (default: runs/<dataset>-task<N>-<time>); never overwritten "
         "(with --train-only: created, or joined by the run's other jobs)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--resume",
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="continue an interrupted run in RUN_DIR with its saved configuration: finished experts "
+        help="continue an interrupted run in RUN_DIR with its saved configuration: finished networks "
         "are reused, an interrupted one continues from its last epoch",
     )
-    parser.add_argument(
-        "--predict-test",
-        action="store_true",
-        help="also predict the official test cases (no masks) into the run's predictions/ folder",
+    group.add_argument(
+        "--folds",
+        type=int_at_least(2),
+        default=None,
+        metavar="K",
+        help="K-fold cross-validation over the training and validation cases instead of one held-out split "
+        "(the folds are saved in splits.json)",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="cross-validation on the folds of this splits.json (from an earlier cross-validation or experiment)",
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow op determinism: same seed, same weights on the same machine (slower)",
+    )
+    group.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE_CHOICES,
+        default="none",
+        help="mirrored: each network on all local GPUs (tf.distribute.MirroredStrategy); --batch-size is the "
+        "global batch, a multiple of the replicas; a runtime option, not a setting (default: none)",
+    )
+    group.add_argument(
         "--checkpoint-every",
         type=float,
         default=None,
@@ -135,49 +162,35 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
         help="least time between two checkpoints of a training (best model and resume backup); "
         "0: after every epoch (default: 30)",
     )
-    parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into the run folder")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
-    parser.add_argument(
-        "--folds",
-        type=int_at_least(2),
-        default=None,
-        metavar="K",
-        help="K-fold cross-validation over the training and validation cases instead of one held-out split: "
-        "every fold trains the per-expert ensemble and scores its held-out cases; folds are saved in splits.json",
-    )
-    parser.add_argument(
-        "--splits",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="with --folds: reuse the folds of this splits.json (from an earlier cross-validation or experiment)",
-    )
-    parser.add_argument(
+    group.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into the run folder")
+    group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    group.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
+
+
+def add_job_options(group) -> None:
+    """A run split into jobs: one job's share of the plan, and the gather step."""
+    group.add_argument(
         "--train-only",
         action="store_true",
-        help="one job of a run split into jobs (e.g. a job array): train and predict only --experts into the "
-        "shared run folder --out, which the run's other jobs create or join with the same options; "
-        "then --gather it",
+        help="one job: train and predict only --experts (a single-network strategy: its one network) into the "
+        "shared folder --out, which the run's other jobs create or join with the same options",
     )
-    parser.add_argument(
+    group.add_argument(
         "--fold",
         type=int_at_least(1),
         default=None,
         metavar="k",
-        help="with --folds: one job of a cross-validation split into jobs: run only fold k in the shared folder "
-        "--out (with --train-only: only --experts of fold k); then --resume the folder to gather the folds",
+        help="with --folds: one job that runs only fold k in the shared folder --out (with --train-only: only "
+        "--experts of fold k); then --resume the folder to gather the folds",
     )
-    parser.add_argument(
+    group.add_argument(
         "--gather",
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="score a run trained as jobs (--train-only) from its saved per-expert maps, with no TensorFlow; "
-        "its configuration comes from RUN_DIR/config.json (also: python -m common.gather RUN_DIR)",
+        help="score a run trained as jobs from its saved maps, with no TensorFlow (also: python -m "
+        "common.gather RUN_DIR)",
     )
-    add_switches(parser, spec, study, demo)
-    return parser
 
 
 def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Settings, demo: Settings) -> None:
@@ -340,7 +353,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not errors
     from common.data.cases import DataError
-    from common.runs.pipeline import check_experts, check_task
+    from common.runs.plan import check_experts, check_task
     from common.runs.storage import StorageError
 
     try:
@@ -366,7 +379,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             )
         if args.demo:
             prepare_demo(spec, args.demo, data_root, args.seed)
-        extra_config = {"demo": args.demo, "command": args.command, "distribute": args.distribute}
+        options = run_options(args)
         if args.folds is not None or args.splits is not None:
             for flag, given in (
                 ("--predict-test", args.predict_test),
@@ -374,53 +387,14 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             ):
                 if given:
                     raise ConfigError(f"{flag} applies to a single run, not to cross-validation (--folds/--splits)")
-            from common.runs.crossval import run_cross_validation
+            from common.runs.crossval import run_cv_plan
 
-            return run_cross_validation(
-                spec,
-                settings,
-                args.task,
-                data_root,
-                args.folds,
-                experts=args.experts,
-                seed=args.seed,
-                out=args.out,
-                resume=args.resume is not None,
-                splits_file=args.splits,
-                deterministic=args.deterministic,
-                plots=not args.no_plots,
-                verbose=0 if args.quiet else 2,
-                extra_config=extra_config,
-                checkpoint_seconds=args.checkpoint_every,
-                distribute=args.distribute,
-                only_fold=args.fold,
-                train_only=args.train_only,
-                release=args.release,
-            )
+            return run_cv_plan(spec, settings, args.task, data_root, options)
         if args.fold is not None:
             raise ConfigError("--fold k picks a fold of a cross-validation: give --folds K (or --splits FILE) too")
-        from common.runs.pipeline import run_task
+        from common.runs.pipeline import run_plan
 
-        return run_task(
-            spec,
-            settings,
-            args.task,
-            data_root,
-            experts=args.experts,
-            seed=args.seed,
-            out=args.out,
-            resume=args.resume is not None,
-            predict_test=args.predict_test,
-            deterministic=args.deterministic,
-            tensorboard=args.tensorboard,
-            plots=not args.no_plots,
-            verbose=0 if args.quiet else 2,
-            extra_config=extra_config,
-            checkpoint_seconds=args.checkpoint_every,
-            distribute=args.distribute,
-            train_only=args.train_only,
-            release=args.release,
-        )
+        return run_plan(spec, settings, args.task, data_root, options)
     except (DataError, ConfigError, FileExistsError, PermissionError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except StorageError as error:  # a full disk, a quota, a read-only mount: nothing half-written is left
@@ -428,6 +402,31 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
         if run_dir is not None and (Path(run_dir) / CONFIG_FILE).is_file():
             error = error.advise(f"continue the run with --resume {run_dir}")
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def run_options(args: argparse.Namespace):
+    """The parsed command line as the options of a run (:class:`common.runs.plan.RunOptions`)."""
+    from common.runs.plan import RunOptions
+
+    return RunOptions(
+        experts=args.experts,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume is not None,
+        predict_test=args.predict_test,
+        deterministic=args.deterministic,
+        tensorboard=args.tensorboard,
+        plots=not args.no_plots,
+        verbose=0 if args.quiet else 2,
+        extra_config={"demo": args.demo, "command": args.command, "distribute": args.distribute},
+        checkpoint_seconds=args.checkpoint_every,
+        train_only=args.train_only,
+        distribute=args.distribute,
+        release=args.release,
+        folds=args.folds,
+        splits_file=args.splits,
+        only_fold=args.fold,
+    )
 
 
 #: What may accompany --gather: everything else comes from the run's config.json.

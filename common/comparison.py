@@ -1,6 +1,6 @@
 """``python -m common.comparison CV_DIR CV_DIR ...``: the paired comparison of cross-validations made apart.
 
-A thin command line over :func:`common.evaluation.comparison.compare_folders`; imports no TensorFlow.
+A thin command line over :func:`common.runs.compare.compare_folders`; imports no TensorFlow.
 """
 
 from __future__ import annotations

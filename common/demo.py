@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import dataclasses
 import gzip
-import importlib
 import io
 import json
 import math
@@ -66,7 +65,6 @@ GENERATOR_VERSION = 1
 MARKER_DIR = ".demo"
 
 #: The top-level scripts whose ``DATASET`` the command line generates.
-DATASET_SCRIPTS = ("Brain_Growth", "Brain_Tumor", "Kidney", "Prostate")
 
 #: Datasets whose training cases sit directly under ``training_data_v2/<name>/`` (as distributed).
 NO_TRAINING_LEVEL = frozenset({"kidney"})
@@ -1152,15 +1150,10 @@ def generate_into_place(
 
 
 def project_specs() -> dict[str, DatasetSpec]:
-    """The four top-level scripts' ``DATASET``, by name."""
-    project_root = str(Path(__file__).resolve().parent.parent)
-    if project_root not in sys.path:
-        sys.path.insert(0, project_root)
-    specs = {}
-    for module in DATASET_SCRIPTS:
-        spec = importlib.import_module(module).DATASET
-        specs[spec.name] = spec
-    return specs
+    """The four datasets' descriptions (:mod:`common.datasets`), by name."""
+    from common.datasets import DATASETS
+
+    return {name: entry.spec for name, entry in DATASETS.items()}
 
 
 def ensure_demo_data(root: Path, seed: int, extra: DatasetSpec | None = None) -> Path:

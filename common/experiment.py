@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
 import itertools
 import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from common.cli import DEMO_KINDS
+from common.datasets import DATASETS, dataset, script_task
 from common.evaluation.comparison import (
     VariantResult,
     comparison_csv,
@@ -56,19 +55,7 @@ from common.runs.folder import (
 from common.spec import RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, apply_switches, describe, parse_value, preset, show_value, switch
 
-#: The dataset scripts at the project's root, by dataset name.
-SCRIPTS = {"brain-growth": "Brain_Growth", "brain-tumor": "Brain_Tumor", "kidney": "Kidney", "prostate": "Prostate"}
 DESIGNS = ("grid", "one-at-a-time")
-
-
-def dataset_script(name: str):
-    """The module of a dataset's script (``Kidney.py`` for ``kidney``): its DATASET, STUDY and DEMO."""
-    if name not in SCRIPTS:
-        raise ConfigError(f"--dataset {name!r}: choose one of {', '.join(SCRIPTS)}")
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module(SCRIPTS[name])
 
 
 def parse_assignment(text: str, option: str = "--vary") -> tuple[str, list[str]]:
@@ -122,97 +109,30 @@ def run_experiment(
     task: int,
     data_root: Path,
     varies: list[tuple[str, list[str]]],
-    *,
     design: str = "grid",
-    folds: int | None = 3,
-    experts: list[int] | None = None,
-    seed: int = 0,
-    out: Path | None = None,
-    resume: bool = False,
-    splits_file: Path | None = None,
-    plots: bool = True,
-    verbose: int = 0,
-    log: Callable[[str], None] = print,
-    extra_config: dict | None = None,
-    release: str | None = None,
+    **options,
 ) -> dict:
     """Cross-validate every variant on the same folds and seed and compare each with the first.
 
-    Returns the comparison (also written to ``comparison.json``): the rows of the table and, per
-    variant, its paired comparison with the baseline.
+    ``options`` are those of :class:`common.runs.plan.RunOptions` (``folds`` default 3 here, ``verbose``
+    0, ``experts``, ``seed``, ``out``, ``resume``, ``splits_file`` ...). Returns the comparison (also
+    written to ``comparison.json``): the rows of the table and, per variant, its paired comparison with
+    the baseline.
     """
-    from common.data.cases import discover_cases
-    from common.data.check import check_run_data
-    from common.runs.crossval import check_folds, make_folds, read_splits, run_cross_validation, validation_fraction
-    from common.runs.folder import new_run_dir, prepare_run_dir
-    from common.runs.pipeline import check_experts, check_task
-    from common.runs.storage import RunLog, write_atomic, write_json
-    from common.strategies import strategy
+    from common.runs.crossval import run_cv_plan
+    from common.runs.plan import RunOptions, check_experts, check_task
+    from common.runs.storage import RunLog
 
+    options = RunOptions(**{"folds": 3, "verbose": 0, **options})
     check_task(spec, task)
-    experts = check_experts(spec, experts)
+    experts = check_experts(spec, options.experts)
     variants = variant_grid(varies, design)
     settings = [apply_switches(base, {n: parse_value(n, v) for n, v in c.items()}, spec) for c in variants]
-    record = {
-        "dataset": spec.name,
-        "task": task,
-        "design": design,
-        "vary": [[name, values] for name, values in varies],
-        "base_settings": base.to_dict(),
-        "experts": experts,
-        "seed": seed,
-        "data_root": str(Path(data_root).resolve()),
-        "release": release,
-        "variants": [
-            {"name": variant_label(c), "changes": c, "folder": f"variants/{variant_folder(i, c)}"}
-            for i, c in enumerate(variants, start=1)
-        ],
-        **(extra_config or {}),
-    }
-    if resume:
-        if out is None or not (out / EXPERIMENT_FILE).is_file():
-            raise ConfigError(f"--resume {out}: not an experiment folder (no {EXPERIMENT_FILE} there)")
-        saved = json.loads((out / EXPERIMENT_FILE).read_text())
-        if isinstance(saved.get("base_settings"), dict):  # fields added since (mixed_precision) at their defaults
-            saved["base_settings"] = json.loads(json.dumps(Settings.from_dict(saved["base_settings"]).to_dict()))
-        keys = ("dataset", "task", "design", "vary", "base_settings", "experts", "seed", "data_root")
-        differing = [k for k in keys if json.loads(json.dumps(record[k])) != saved.get(k)]
-        if differing:
-            raise ConfigError(f"--resume {out}: the experiment was made with other {', '.join(differing)}")
-        exp_dir = out
-        split_list = read_splits(exp_dir / SPLITS_FILE, spec.name)
-    else:
-        cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
-            data_root, spec.name, "validation", release=release
-        )
-        # every file every variant reads, checked before the experiment folder is created (common.data.check)
-        check_run_data(
-            spec,
-            task,
-            {"train": cases, "held_out": cases},
-            {
-                f"{s.strategy} {job.name}": list(job.heads)
-                for s in {v.strategy: v for v in settings}.values()
-                for job in strategy(s.strategy).networks(experts, seed)
-            },
-            echo=log,
-        )
-        case_ids = [c.case_id for c in cases]
-        if splits_file is not None:
-            split_list = read_splits(splits_file, spec.name, case_ids)
-        else:
-            if folds is None:
-                raise ConfigError("give --folds K or --splits FILE")
-            split_list = make_folds(case_ids, folds, seed, validation_fraction(spec))
-        check_folds(split_list, case_ids)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        default = new_run_dir(Path("runs") / "experiments" / f"{spec.name}-task{task}-{stamp}")
-        exp_dir = prepare_run_dir(out if out is not None else default, spec, task)
-        write_json(exp_dir / EXPERIMENT_FILE, record)
-        write_json(exp_dir / SPLITS_FILE, {"dataset": spec.name, "seed": seed, "folds": split_list})
-    if folds is not None and folds != len(split_list):
-        raise ConfigError(f"--folds {folds}, but the splits hold {len(split_list)} folds")
-    runlog = RunLog(exp_dir / LOG_FILE, echo=log)
+    record = experiment_record(spec, base, task, data_root, varies, design, variants, experts, options)
+    exp_dir, split_list = open_experiment(spec, task, data_root, record, settings, experts, options)
+    if options.folds is not None and options.folds != len(split_list):
+        raise ConfigError(f"--folds {options.folds}, but the splits hold {len(split_list)} folds")
+    runlog = RunLog(exp_dir / LOG_FILE, echo=options.log)
     runlog(
         f"experiment on {spec.title}, task {task}: {len(variants)} variant(s) x {len(split_list)} folds "
         f"x {len(experts)} expert(s) in {exp_dir}"
@@ -221,23 +141,16 @@ def run_experiment(
     for number, (changes, variant_settings) in enumerate(zip(variants, settings, strict=True), start=1):
         folder = exp_dir / VARIANTS_FOLDER / variant_folder(number, changes)
         runlog(f"== variant {number}/{len(variants)}: {variant_label(changes)}")
-        summary = run_cross_validation(
-            spec,
-            variant_settings,
-            task,
-            data_root,
-            len(split_list),
+        variant_options = options.replace(
             experts=experts,
-            seed=seed,
             out=folder,
             resume=(folder / CONFIG_FILE).is_file(),
+            folds=len(split_list),
             splits_file=exp_dir / SPLITS_FILE,
-            plots=plots,
-            verbose=verbose,
             log=runlog,
             extra_config={"experiment": str(exp_dir), "variant": changes},
-            release=release,
         )
+        summary = run_cv_plan(spec, variant_settings, task, data_root, variant_options)
         results.append(
             VariantResult(
                 name=variant_label(changes),
@@ -252,27 +165,126 @@ def run_experiment(
         )
     title = (
         f"{spec.title}, task {task} ({spec.task_name(task)}): {len(split_list)}-fold cross-validation, "
-        f"{len(experts)} expert network(s) per fold, seed {seed}"
+        f"{len(experts)} expert network(s) per fold, seed {options.seed}"
     )
+    comparison = write_comparison(exp_dir, results, title, base, (options.extra_config or {}).get("command"))
+    runlog(comparison.pop("table"))
+    comparison["experiment_dir"] = str(exp_dir)
+    return comparison
+
+
+def experiment_record(
+    spec: DatasetSpec,
+    base: Settings,
+    task: int,
+    data_root: Path,
+    varies: list[tuple[str, list[str]]],
+    design: str,
+    variants: list[dict],
+    experts: list[int],
+    options,
+) -> dict:
+    """What ``experiment.json`` holds: the design, the base settings, the variants and their folders."""
+    return {
+        "dataset": spec.name,
+        "task": task,
+        "design": design,
+        "vary": [[name, values] for name, values in varies],
+        "base_settings": base.to_dict(),
+        "experts": experts,
+        "seed": options.seed,
+        "data_root": str(Path(data_root).resolve()),
+        "release": options.release,
+        "variants": [
+            {"name": variant_label(c), "changes": c, "folder": f"{VARIANTS_FOLDER}/{variant_folder(i, c)}"}
+            for i, c in enumerate(variants, start=1)
+        ],
+        **(options.extra_config or {}),
+    }
+
+
+def open_experiment(
+    spec: DatasetSpec,
+    task: int,
+    data_root: Path,
+    record: dict,
+    settings: list[Settings],
+    experts: list[int],
+    options,
+) -> tuple[Path, list[dict]]:
+    """The experiment folder and its folds: resumed (its record must match), or new, with every file every
+    variant reads checked and ``experiment.json`` and ``splits.json`` written before any variant trains."""
+    from common.data.cases import discover_cases
+    from common.data.check import check_run_data
+    from common.runs.crossval import check_folds, make_folds, read_splits, validation_fraction
+    from common.runs.folder import new_run_dir, prepare_run_dir
+    from common.runs.storage import write_json
+    from common.strategies import strategy
+
+    out = options.out
+    if options.resume:
+        if out is None or not (out / EXPERIMENT_FILE).is_file():
+            raise ConfigError(f"--resume {out}: not an experiment folder (no {EXPERIMENT_FILE} there)")
+        saved = json.loads((out / EXPERIMENT_FILE).read_text())
+        if isinstance(saved.get("base_settings"), dict):  # fields added since (mixed_precision) at their defaults
+            saved["base_settings"] = json.loads(json.dumps(Settings.from_dict(saved["base_settings"]).to_dict()))
+        keys = ("dataset", "task", "design", "vary", "base_settings", "experts", "seed", "data_root")
+        differing = [k for k in keys if json.loads(json.dumps(record[k])) != saved.get(k)]
+        if differing:
+            raise ConfigError(f"--resume {out}: the experiment was made with other {', '.join(differing)}")
+        return out, read_splits(out / SPLITS_FILE, spec.name)
+    release = options.release
+    cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
+        data_root, spec.name, "validation", release=release
+    )
+    # every file every variant reads, checked before the experiment folder is created (common.data.check)
+    check_run_data(
+        spec,
+        task,
+        {"train": cases, "held_out": cases},
+        {
+            f"{s.strategy} {job.name}": list(job.heads)
+            for s in {v.strategy: v for v in settings}.values()
+            for job in strategy(s.strategy).networks(experts, options.seed)
+        },
+        echo=options.log,
+    )
+    case_ids = [c.case_id for c in cases]
+    if options.splits_file is not None:
+        split_list = read_splits(options.splits_file, spec.name, case_ids)
+    else:
+        if options.folds is None:
+            raise ConfigError("give --folds K or --splits FILE")
+        split_list = make_folds(case_ids, options.folds, options.seed, validation_fraction(spec))
+    check_folds(split_list, case_ids)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    default = new_run_dir(Path("runs") / "experiments" / f"{spec.name}-task{task}-{stamp}")
+    exp_dir = prepare_run_dir(out if out is not None else default, spec, task)
+    write_json(exp_dir / EXPERIMENT_FILE, record)
+    write_json(exp_dir / SPLITS_FILE, {"dataset": spec.name, "seed": options.seed, "folds": split_list})
+    return exp_dir, split_list
+
+
+def write_comparison(exp_dir: Path, results: list, title: str, base: Settings, command: list | None) -> dict:
+    """``comparison.json``, ``.csv`` and ``.md``: the table, each variant paired with the baseline."""
+    from common.runs.storage import write_atomic, write_json
+
     table = format_comparison(results, title)
     comparison = {
         "title": title,
         "rows": comparison_rows(results),
         "paired": {r.name: paired_comparison(results[0], r) for r in results[1:]},
         "base_settings": describe(base),
-        "command": (extra_config or {}).get("command"),
+        "command": command,
     }
     write_json(exp_dir / COMPARISON_JSON, comparison)
     write_atomic(exp_dir / COMPARISON_CSV, comparison_csv(results))
-    command = shlex.join((extra_config or {}).get("command") or [])
     settings_line = ", ".join(f"{k}={v}" for k, v in describe(base).items())
     write_atomic(
         exp_dir / COMPARISON_MD,
-        f"{table}\n\nCommand: `{command}`\n\nBase settings: {settings_line}\n",
+        f"{table}\n\nCommand: `{shlex.join(command or [])}`\n\nBase settings: {settings_line}\n",
     )
-    runlog(table)
-    comparison["experiment_dir"] = str(exp_dir)
-    return comparison
+    return {**comparison, "table": table}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with the first variant (the study's findings as experiments).",
     )
     parser.add_argument(
-        "--dataset", choices=list(SCRIPTS), default=None, help="the dataset (its script's DATASET); a resume reads it"
+        "--dataset", choices=list(DATASETS), default=None, help="the dataset (common/datasets.py); a resume reads it"
     )
     parser.add_argument("--task", type=int, default=None, help="task (default: the script's 'task = ...')")
     parser.add_argument(
@@ -341,9 +353,9 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             args.dataset = saved["dataset"]
         elif args.dataset is None:
-            raise ConfigError(f"give --dataset ({', '.join(SCRIPTS)}), or --resume EXP_DIR")
-        module = dataset_script(args.dataset)
-        spec = module.DATASET
+            raise ConfigError(f"give --dataset ({', '.join(DATASETS)}), or --resume EXP_DIR")
+        entry = dataset(args.dataset)
+        spec = entry.spec
         if args.resume is not None:
             if args.vary or args.set:
                 raise ConfigError("--resume: the variants come from experiment.json; leave out --vary and --set")
@@ -353,14 +365,14 @@ def main(argv: list[str] | None = None) -> dict:
             experts, data_root, args.out = saved["experts"], Path(saved["data_root"]), args.resume
             command = saved.get("command")
         else:
-            base = preset(args.preset or ("demo" if args.demo else "default"), module.STUDY, module.DEMO)
+            base = preset(args.preset or ("demo" if args.demo else "default"), entry.study, entry.demo)
             fixed = dict(parse_assignment(text, "--set") for text in args.set)
             for name, values in fixed.items():
                 if len(values) != 1:
                     raise ConfigError(f"--set {name}: give one value (use --vary for several)")
             base = apply_switches(base, {n: parse_value(n, v[0]) for n, v in fixed.items()}, spec)
             varies = [parse_assignment(text) for text in args.vary]
-            args.task = module.task if args.task is None else args.task
+            args.task = script_task(entry) if args.task is None else args.task
             try:
                 experts = parse_experts(args.experts) if args.experts else None
             except argparse.ArgumentTypeError as error:

@@ -77,6 +77,9 @@ class Strategy:
         """The ensemble members that ``network``'s outputs are, in output order (None: not a member)."""
         return list(network.heads)
 
+    #: What one of its networks is called in messages ("every expert was trained").
+    unit: str = "network"
+
     @property
     def masked(self) -> bool:
         """Whether missing masks are flagged to the loss (the stream carries the availability)."""
@@ -90,6 +93,7 @@ class Strategy:
 
 class PerExpert(Strategy):
     name = "per-expert"
+    unit = "expert"
 
     def networks(self, experts, seed):
         return [Network(expert_name(e), seed + e, (e,), True) for e in experts]

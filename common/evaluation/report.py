@@ -11,14 +11,29 @@ import numpy as np
 
 from common.evaluation.scoring import THRESHOLDS
 
+#: The packages whose versions a run records, by the name it records them under.
+VERSIONED = {
+    "numpy": "numpy",
+    "tensorflow": "tensorflow",
+    "keras": "keras",
+    "nibabel": "nibabel",
+    "skimage": "scikit-image",
+}
+
 
 def versions() -> dict[str, str]:
-    """Versions worth recording next to results."""
+    """Versions worth recording next to results: those installed (read from the package metadata, so a
+    run records them in its ``config.json`` before anything imports TensorFlow)."""
+    from importlib import metadata
+
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("numpy", "tensorflow", "keras", "nibabel", "skimage"):
+    for name, distribution in VERSIONED.items():
         module = sys.modules.get(name)
-        if module is not None:
-            found[name] = getattr(module, "__version__", "unknown")
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            if module is not None:  # imported from a source tree, not installed
+                found[name] = getattr(module, "__version__", "unknown")
     return found
 
 

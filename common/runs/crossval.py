@@ -39,13 +39,19 @@ from common.runs.folder import (
     JOBS_FOLDER,
     LOG_FILE,
     SPLITS_FILE,
+    check_resumable,
+    fold_folder,
     new_run_dir,
     prepare_run_dir,
+    ready_to_gather,
 )
 from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
-from common.runs.pipeline import check_experts, check_resumable, check_task, run_task
+from common.runs.gather import gather_run
+from common.runs.pipeline import run_plan
+from common.runs.plan import RunOptions, check_experts, check_task
 from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.strategies import strategy
 
 RESULTS_FILE = CV_RESULTS_FILE  # what a cross-validation folder calls its results
 ROLES = ("train", "validation", "held_out")
@@ -162,52 +168,84 @@ def format_cv_table(title: str, folds: list[dict], uncertainty: dict | None = No
 
 
 def run_cross_validation(
+    spec: DatasetSpec, settings: Settings, task: int, data_root: Path, folds: int | None = None, **options
+) -> dict:
+    """Train and score the ensemble in every fold; the QUBIQ score per fold, mean and spread.
+
+    ``options`` are the fields of :class:`common.runs.plan.RunOptions` (``splits_file``, ``only_fold``,
+    ``resume``, ``train_only`` ...). The folds come from ``splits_file`` when given, else from the
+    folder's ``splits.json`` when resuming, else from :func:`make_folds` with the seed. Each fold is one
+    plan (:func:`common.runs.pipeline.run_plan`) in a complete run folder ``foldK/``; with ``resume``
+    finished folds are reused and an interrupted one continues. Returns what ``cv_results.json`` holds.
+
+    With ``only_fold`` this is one job of a cross-validation split into jobs (one per fold, or with
+    ``train_only`` one per fold and network, :mod:`common.runs.jobs`): the folder is created or joined (its
+    ``config.json`` must match), only that fold is run, and the fold's results (or the job's report) are
+    returned; no ``cv_results.json`` is written. ``resume`` then gathers: finished folds are read from
+    their ``results.json``, a fold whose jobs have all finished is gathered from its saved maps.
+    """
+    return run_cv_plan(spec, settings, task, data_root, RunOptions(folds=folds, **options))
+
+
+def run_cv_plan(
     spec: DatasetSpec,
     settings: Settings,
     task: int,
     data_root: Path,
-    folds: int | None = None,
-    *,
-    experts: list[int] | None = None,
-    seed: int = 0,
-    out: Path | None = None,
-    resume: bool = False,
-    splits_file: Path | None = None,
-    deterministic: bool = False,
-    plots: bool = True,
-    verbose: int = 2,
-    log: Callable[[str], None] = print,
-    extra_config: dict | None = None,
-    checkpoint_seconds: float | None = None,
-    only_fold: int | None = None,
-    train_only: bool = False,
-    distribute: str = "none",
-    release: str | None = None,
+    options: RunOptions,
+    train: Callable | None = None,
 ) -> dict:
-    """Train and score the per-expert ensemble in every fold; the QUBIQ score per fold, mean and spread.
-
-    The folds come from ``splits_file`` when given, else from the run folder's ``splits.json`` when
-    resuming, else from :func:`make_folds` with ``seed``. Each fold's run folder is a complete
-    :func:`~common.runs.pipeline.run_task` folder; with ``resume`` finished folds are reused and an
-    interrupted one continues. Returns what ``cv_results.json`` holds.
-
-    With ``only_fold`` this is one job of a cross-validation split into jobs (one per fold, or with
-    ``train_only`` one per fold and expert, :mod:`common.gather`): ``out`` is created or joined (its
-    ``config.json`` must match), only that fold is run, and the fold's results (or the job's report) are
-    returned; no ``cv_results.json`` is written. ``resume`` then gathers: finished folds are read from
-    their ``results.json``, a fold whose expert jobs have all finished is gathered from its saved maps.
-    """
+    """:func:`run_cross_validation` with its options as one object (``train``: see
+    :func:`common.runs.execute.execute`)."""
     check_task(spec, task)
-    experts = check_experts(spec, experts)
-    planned = check_experts(spec, None) if train_only else experts  # the ensemble; a job trains part of it
-    if train_only and only_fold is None:
-        raise ConfigError("--train-only with --folds needs --fold k: each job trains experts of one fold")
+    check_experts(spec, options.experts)
+    if options.train_only and options.only_fold is None:
+        raise ConfigError("--train-only with --folds needs --fold k: each job trains networks of one fold")
+    found: list[str] = []  # the data's warnings: printed now, written to run.log once it exists
+    source, split_list = plan_folds(spec, settings, task, data_root, options, found)
+    k = len(split_list)
+    check_fold_job(options, k)
+    config = cv_config(spec, settings, task, data_root, options, source, split_list)
+    cv_dir = open_cv_folder(spec, task, options, config, split_list, found)
+    if options.only_fold is None:
+        runlog = RunLog(cv_dir / LOG_FILE, echo=options.log)
+    else:  # a job's own log: jobs never append to a shared file
+        chosen = check_experts(spec, options.experts) if options.train_only and options.experts else []
+        job_log = f"fold{options.only_fold}" + "".join(f"-seg{e:02d}" for e in chosen) + ".log"
+        runlog = RunLog(cv_dir / JOBS_FOLDER / job_log, echo=options.log)
+    runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
+    runlog(f"data: {source.describe()}")
+    for line in found:
+        runlog.to_file(line)
+    started = time.perf_counter()
+    fold_results = []
+    for number, fold in enumerate(split_list, start=1):
+        if options.only_fold is not None and number != options.only_fold:
+            continue
+        results = run_fold(spec, settings, task, data_root, options, cv_dir, number, fold, k, runlog, started, train)
+        if options.only_fold is not None:
+            script = (options.extra_config or {}).get("command") or ["<the dataset's script>"]
+            runlog(
+                f"[fold {number}/{k}] job done; once every fold's jobs are done: python {script[0]} --resume {cv_dir}"
+            )
+            return results
+        fold_results.append(fold_record(number, fold, results, cv_dir))
+    summary = summarize_folds(spec, settings, task, fold_results, cv_dir)
+    write_json(cv_dir / RESULTS_FILE, summary)
+    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {k}-fold cross-validation"
+    runlog(format_cv_table(title, fold_results, summary["uncertainty"]["mean"]))
+    return summary
+
+
+def plan_folds(
+    spec: DatasetSpec, settings: Settings, task: int, data_root: Path, options: RunOptions, found: list[str]
+) -> tuple:
+    """The release and the folds, every case read and checked before anything is created."""
     from common.data.cases import find_release
     from common.data.check import check_run_data, collected_warnings
-    from common.strategies import strategy
 
-    found: list[str] = []  # the data's warnings: printed now, written to run.log once it exists
-    with collected_warnings(found, log):
+    release, out = options.release, options.out
+    with collected_warnings(found, options.log):
         source = find_release(data_root, release)
         cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
             data_root, spec.name, "validation", release=release
@@ -215,42 +253,61 @@ def run_cross_validation(
     case_ids = [c.case_id for c in cases]
     if len(set(case_ids)) != len(case_ids):
         raise DataError("the training and validation folders share case names; cross-validation needs unique names")
-    if resume and (out is None or not (out / SPLITS_FILE).is_file()):
+    if options.resume and (out is None or not (out / SPLITS_FILE).is_file()):
         raise ConfigError(f"--resume {out}: not a cross-validation folder (no {SPLITS_FILE} there)")
-    if splits_file is not None:
-        split_list = read_splits(splits_file, spec.name, case_ids)
-    elif resume:
+    if options.splits_file is not None:
+        split_list = read_splits(options.splits_file, spec.name, case_ids)
+    elif options.resume:
         split_list = read_splits(out / SPLITS_FILE, spec.name, case_ids)
     else:
-        if folds is None:
+        if options.folds is None:
             raise ConfigError("give --folds K or --splits FILE for cross-validation")
-        split_list = make_folds(case_ids, folds, seed, validation_fraction(spec))
-    if folds is not None and folds != len(split_list):
-        source = splits_file if splits_file is not None else out / SPLITS_FILE
-        raise ConfigError(f"--folds {folds}, but {source} holds {len(split_list)} folds")
-    k = len(split_list)
+        split_list = make_folds(case_ids, options.folds, options.seed, validation_fraction(spec))
+    if options.folds is not None and options.folds != len(split_list):
+        where = options.splits_file if options.splits_file is not None else out / SPLITS_FILE
+        raise ConfigError(f"--folds {options.folds}, but {where} holds {len(split_list)} folds")
     # Every case trains in some fold and is held out in another: all are read and checked before anything
-    # is created (each fold's run checks its own cases again, which costs seconds, not a failed fold).
+    # is created (each fold's plan checks its own cases again, which costs seconds, not a failed fold).
+    planned = check_experts(spec, None if options.train_only else options.experts)
     checked = check_run_data(
         spec,
         task,
         {"train": cases, "held_out": cases},
-        {job.name: list(job.heads) for job in strategy(settings.strategy).networks(planned, seed)},
-        echo=log,
+        {n.name: list(n.heads) for n in strategy(settings.strategy).networks(planned, options.seed)},
+        echo=options.log,
     )
     found.extend(w for w in checked.warnings if w not in found)
-    log(checked.summary())
-    if only_fold is not None:
-        if out is None:
-            raise ConfigError("--fold needs --out CV: the cross-validation folder that all fold jobs share")
-        if resume:
-            raise ConfigError(
-                f"--fold and --resume: rerun the fold's own command to continue it; --resume {out} without --fold "
-                "gathers the folds"
-            )
-        if not 1 <= only_fold <= k:
-            raise ConfigError(f"--fold {only_fold}: the cross-validation has folds 1 to {k}")
-    config = json.loads(
+    options.log(checked.summary())
+    return source, split_list
+
+
+def check_fold_job(options: RunOptions, k: int) -> None:
+    """Refuse a ``--fold`` job that cannot be run, before anything is created."""
+    if options.only_fold is None:
+        return
+    if options.out is None:
+        raise ConfigError("--fold needs --out CV: the cross-validation folder that all fold jobs share")
+    if options.resume:
+        raise ConfigError(
+            f"--fold and --resume: rerun the fold's own command to continue it; --resume {options.out} without "
+            "--fold gathers the folds"
+        )
+    if not 1 <= options.only_fold <= k:
+        raise ConfigError(f"--fold {options.only_fold}: the cross-validation has folds 1 to {k}")
+
+
+def cv_config(
+    spec: DatasetSpec,
+    settings: Settings,
+    task: int,
+    data_root: Path,
+    options: RunOptions,
+    source,
+    split_list: list[dict],
+) -> dict:
+    """What the cross-validation folder's ``config.json`` holds (versions aside)."""
+    planned = check_experts(spec, None if options.train_only else options.experts)
+    return json.loads(
         json.dumps(
             {
                 "kind": "cross-validation",
@@ -258,116 +315,118 @@ def run_cross_validation(
                 "task": task,
                 "task_name": spec.task_name(task),
                 "experts": planned,
-                "seed": seed,
-                "deterministic": deterministic,
+                "seed": options.seed,
+                "deterministic": options.deterministic,
                 "data_root": str(Path(data_root).resolve()),
                 "release": source.to_dict(),
                 "settings": settings.to_dict(),
-                "folds": k,
+                "folds": len(split_list),
                 "split_seeded": {"folds": split_list},
-                **({"jobs": True} if only_fold is not None else {}),
-                **(extra_config or {}),
+                **({"jobs": True} if options.only_fold is not None else {}),
+                **(options.extra_config or {}),
             }
         )
     )
-    if resume:
+
+
+def open_cv_folder(
+    spec: DatasetSpec, task: int, options: RunOptions, config: dict, split_list: list[dict], found: list[str]
+) -> Path:
+    """The cross-validation folder: resumed (its configuration must match), joined by a fold job, or new;
+    ``config.json`` and ``splits.json`` written before any fold trains."""
+    out = options.out
+    seed = options.seed if options.splits_file is None else None
+    if options.resume:
         check_resumable(json.loads((out / CONFIG_FILE).read_text()), config, out)
-        cv_dir = out
-    elif only_fold is not None:  # created by the first fold job, joined by the others
+        return out
+    if options.only_fold is not None:  # created by the first fold job, joined by the others
         from common.runs.folder import claim_config, claim_file, open_job_dir
 
         cv_dir = open_job_dir(out, config)
         claim_config(cv_dir, {**config, "versions": versions()})
-        claim_file(
-            cv_dir / SPLITS_FILE,
-            {"dataset": spec.name, "seed": seed if splits_file is None else None, "folds": split_list},
-        )
-    else:
-        cv_dir = prepare_run_dir(
-            out if out is not None else new_run_dir(default_cv_dir(spec, task, k)),
-            spec,
-            task,
-            log=lambda line: (log(line), found.append(line)),
-        )
-        config["versions"] = versions()
-        write_json(cv_dir / CONFIG_FILE, config)
-        write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed if splits_file is None else None)
-    if only_fold is None:
-        runlog = RunLog(cv_dir / LOG_FILE, echo=log)
-    else:  # a job's own log: jobs never append to a shared file
-        job_log = f"fold{only_fold}" + "".join(f"-seg{e:02d}" for e in experts if train_only) + ".log"
-        runlog = RunLog(cv_dir / JOBS_FOLDER / job_log, echo=log)
-    runlog(f"{spec.title}, task {task}: {k}-fold cross-validation in {cv_dir}")
-    runlog(f"data: {source.describe()}")
-    for line in found:
-        runlog.to_file(line)
-    started = time.perf_counter()
-    fold_results = []
-    from common.gather import gather_run
-    from common.runs.folder import ready_to_gather
+        claim_file(cv_dir / SPLITS_FILE, {"dataset": spec.name, "seed": seed, "folds": split_list})
+        return cv_dir
+    cv_dir = prepare_run_dir(
+        out if out is not None else new_run_dir(default_cv_dir(spec, task, len(split_list))),
+        spec,
+        task,
+        log=lambda line: (options.log(line), found.append(line)),
+    )
+    write_json(cv_dir / CONFIG_FILE, {**config, "versions": versions()})
+    write_splits(cv_dir / SPLITS_FILE, split_list, spec.name, seed)
+    return cv_dir
 
-    for number, fold in enumerate(split_list, start=1):
-        if only_fold is not None and number != only_fold:
-            continue
-        fold_dir = cv_dir / f"fold{number}"
-        prefix = f"[fold {number}/{k}]"
-        if (fold_dir / FOLD_RESULTS_FILE).is_file():
-            results = json.loads((fold_dir / FOLD_RESULTS_FILE).read_text())
-            runlog(f"{prefix} already done (QUBIQ {results['score']:.4f}), reusing it")
-        elif not train_only and ready_to_gather(fold_dir):
-            runlog(f"{prefix} every expert was trained by its job: gathering their saved maps")
-            results = gather_run(fold_dir, spec=spec, data_root=data_root, plots=plots, log=runlog)
-            runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
-        else:
-            resuming = (fold_dir / CONFIG_FILE).is_file() and not train_only
-            runlog(
-                f"{prefix} {'continuing' if resuming else 'training'}: {len(fold['train'])} training, "
-                f"{len(fold['validation'])} validation, {len(fold['held_out'])} held-out cases "
-                f"(elapsed {time.perf_counter() - started:.0f} s)"
-            )
-            results = run_task(
-                spec,
-                settings,
-                task,
-                data_root,
-                experts=experts,
-                seed=seed,
-                out=fold_dir,
-                resume=resuming,
-                deterministic=deterministic,
-                plots=plots,
-                verbose=verbose,
-                log=runlog,
-                extra_config={"fold": number, "folds": k, **(extra_config or {})},
-                split=fold,
-                checkpoint_seconds=checkpoint_seconds,
-                train_only=train_only,
-                distribute=distribute,
-                release=release,
-            )
-            if not train_only:
-                runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
-        if only_fold is not None:
-            script = (extra_config or {}).get("command") or ["<the dataset's script>"]
-            runlog(f"{prefix} job done; once every fold's jobs are done: python {script[0]} --resume {cv_dir}")
-            return results
-        networks = results.get("networks") or results.get("per_expert", {})
-        fold_results.append(
-            {
-                "fold": number,
-                "score": results["score"],
-                "held_out": fold["held_out"],
-                "per_case": results["per_case"],
-                "training_seconds": results["training_seconds"],
-                "networks": len(networks),
-                "parameters": max((e.get("parameters", 0) for e in networks.values()), default=0),
-                "uncertainty": (results.get("uncertainty") or {}).get("per_case", {}),
-                "run_dir": str(fold_dir),
-            }
+
+def run_fold(
+    spec: DatasetSpec,
+    settings: Settings,
+    task: int,
+    data_root: Path,
+    options: RunOptions,
+    cv_dir: Path,
+    number: int,
+    fold: dict,
+    k: int,
+    runlog: RunLog,
+    started: float,
+    train: Callable | None,
+) -> dict:
+    """Fold ``number``'s results: read when it is done, gathered when its jobs are, else its plan run."""
+    fold_dir = fold_folder(cv_dir, number)
+    prefix = f"[fold {number}/{k}]"
+    if (fold_dir / FOLD_RESULTS_FILE).is_file():
+        results = json.loads((fold_dir / FOLD_RESULTS_FILE).read_text())
+        runlog(f"{prefix} already done (QUBIQ {results['score']:.4f}), reusing it")
+        return results
+    if not options.train_only and ready_to_gather(fold_dir):
+        unit = strategy(settings.strategy).unit
+        runlog(f"{prefix} every {unit} was trained by its job: gathering their saved maps")
+        results = gather_run(fold_dir, spec=spec, data_root=data_root, plots=options.plots, log=runlog)
+    else:
+        resuming = (fold_dir / CONFIG_FILE).is_file() and not options.train_only
+        runlog(
+            f"{prefix} {'continuing' if resuming else 'training'}: {len(fold['train'])} training, "
+            f"{len(fold['validation'])} validation, {len(fold['held_out'])} held-out cases "
+            f"(elapsed {time.perf_counter() - started:.0f} s)"
         )
+        fold_options = options.replace(
+            out=fold_dir,
+            resume=resuming,
+            log=runlog,
+            split=fold,
+            extra_config={"fold": number, "folds": k, **(options.extra_config or {})},
+            folds=None,
+            splits_file=None,
+            only_fold=None,
+        )
+        results = run_plan(spec, settings, task, data_root, fold_options, train)
+        if options.train_only:
+            return results
+    runlog(f"{prefix} QUBIQ {results['score']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
+    return results
+
+
+def fold_record(number: int, fold: dict, results: dict, cv_dir: Path) -> dict:
+    """One fold's line of ``cv_results.json``."""
+    networks = results.get("networks") or results.get("per_expert", {})
+    return {
+        "fold": number,
+        "score": results["score"],
+        "held_out": fold["held_out"],
+        "per_case": results["per_case"],
+        "training_seconds": results["training_seconds"],
+        "networks": len(networks),
+        "parameters": max((e.get("parameters", 0) for e in networks.values()), default=0),
+        "uncertainty": (results.get("uncertainty") or {}).get("per_case", {}),
+        "run_dir": results.get("run_dir", str(cv_dir / f"fold{number}")),
+    }
+
+
+def summarize_folds(spec: DatasetSpec, settings: Settings, task: int, fold_results: list[dict], cv_dir: Path) -> dict:
+    """What ``cv_results.json`` holds: per fold, mean and spread, per case, the uncertainty metrics."""
     mean, std = fold_statistics([f["score"] for f in fold_results])
     per_case_uncertainty = {c: m for f in fold_results for c, m in f.pop("uncertainty").items()}
-    summary = {
+    return {
         "dataset": spec.name,
         "task": task,
         "folds": fold_results,
@@ -385,7 +444,3 @@ def run_cross_validation(
         "parameters": max(f["parameters"] for f in fold_results),
         "run_dir": str(cv_dir),
     }
-    write_json(cv_dir / RESULTS_FILE, summary)
-    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {k}-fold cross-validation"
-    runlog(format_cv_table(title, fold_results, summary["uncertainty"]["mean"]))
-    return summary

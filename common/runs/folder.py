@@ -393,9 +393,10 @@ def open_job_dir(out: Path, config: dict) -> Path:
     return out
 
 
-def job_log_path(run_dir: Path, experts: list[int]) -> Path:
-    """The job's own plain-text log, ``jobs/seg01-seg02.log``: jobs never append to a shared file."""
-    return Path(run_dir) / JOBS_FOLDER / ("-".join(expert_name(e) for e in experts) + ".log")
+def job_log_path(run_dir: Path, networks: list) -> Path:
+    """The job's own plain-text log, ``jobs/seg01-seg02.log`` (its networks' names): jobs never append to a
+    shared file."""
+    return Path(run_dir) / JOBS_FOLDER / ("-".join(n.name for n in networks) + ".log")
 
 
 def claim_file(path: Path, data: dict) -> dict | None:
@@ -435,34 +436,40 @@ def claim_config(run_dir: Path, config: dict) -> None:
         check_same_run(saved, config, Path(run_dir))
 
 
-def expert_map_paths(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> list[Path]:
-    return [prediction_path(Path(run_dir) / PREDICTIONS_FOLDER, dataset, c, task, expert) for c in case_ids]
+def output_map_paths(run_dir: Path, dataset: str, task: int, network, case_ids: list[str]) -> list[list[Path]]:
+    """Per output of ``network`` (a :class:`common.strategies.Network`), its map of each case.
+
+    An output standing for expert ``e`` is that expert's map (``.../experts/taskTT_segEE``); the one
+    output of the soft-label network, no expert's, is the ensemble's map itself.
+    """
+    root = Path(run_dir) / PREDICTIONS_FOLDER
+    return [[prediction_path(root, dataset, c, task, head) for c in case_ids] for head in network.heads]
 
 
-def expert_complete(run_dir: Path, dataset: str, task: int, expert: int, case_ids: list[str]) -> bool:
-    """Whether ``expert`` is trained (``result.json``) and all its maps of ``case_ids`` are written."""
-    folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
-    if not (folder / RESULT_FILE).is_file():
-        return False
-    return all(p.is_file() for p in expert_map_paths(run_dir, dataset, task, expert, case_ids))
+def network_complete(run_dir: Path, dataset: str, task: int, network, case_ids: list[str]) -> bool:
+    """Whether ``network`` is trained (``result.json``) and all its maps of ``case_ids`` are written."""
+    return not missing_networks(run_dir, dataset, task, [network], case_ids)
 
 
-def missing_parts(run_dir: Path, dataset: str, task: int, experts: list[int], case_ids: list[str]) -> dict[int, str]:
-    """Expert -> what it still lacks (``result.json``, maps), for the experts not finished."""
+def missing_networks(run_dir: Path, dataset: str, task: int, networks: list, case_ids: list[str]) -> dict:
+    """Network -> what it still lacks (``result.json``, maps), for the networks not complete."""
     missing = {}
-    for expert in experts:
-        folder = Path(run_dir) / EXPERTS_FOLDER / expert_name(expert)
-        maps = [p for p in expert_map_paths(run_dir, dataset, task, expert, case_ids) if not p.is_file()]
+    for network in networks:
+        folder = Path(run_dir) / network_folder(network)
+        maps = [p for paths in output_map_paths(run_dir, dataset, task, network, case_ids) for p in paths]
+        absent = [p for p in maps if not p.is_file()]
         if not (folder / RESULT_FILE).is_file():
             state = "interrupted, a backup is there" if (folder / BACKUP_STATE_FILE).is_file() else "not trained"
-            missing[expert] = f"no {folder / RESULT_FILE} ({state}, or still training)"
-        elif maps:
-            missing[expert] = f"trained, but {len(maps)} of {len(case_ids)} maps are missing, e.g. {maps[0]}"
+            missing[network] = f"no {folder / RESULT_FILE} ({state}, or still training)"
+        elif absent:
+            missing[network] = f"trained, but {len(absent)} of {len(maps)} maps are missing, e.g. {absent[0]}"
     return missing
 
 
 def ready_to_gather(run_dir: Path) -> bool:
-    """Whether ``run_dir`` was made by jobs whose planned experts are all finished (and not yet gathered)."""
+    """Whether ``run_dir`` was made by jobs whose planned networks are all complete (and not yet gathered)."""
+    from common.strategies import strategy
+
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or (run_dir / RESULTS_FILE).is_file():
         return False
@@ -471,7 +478,9 @@ def ready_to_gather(run_dir: Path) -> bool:
     if config.get("jobs") is not True or not split or config.get("predict_test"):
         return False
     cases = list(split["held_out"]) + list(split.get("validation", []))
-    return not missing_parts(run_dir, config["dataset"]["name"], config["task"], config["experts"], cases)
+    settings = Settings.from_dict(config["settings"])
+    networks = strategy(settings.strategy).networks(config["experts"], config["seed"])
+    return not missing_networks(run_dir, config["dataset"]["name"], config["task"], networks, cases)
 
 
 def network_folder(network) -> str:

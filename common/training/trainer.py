@@ -575,6 +575,205 @@ def network_label(expert: int | str) -> str:
     return f"seg{expert:02d}" if isinstance(expert, int) else str(expert)
 
 
+def validation_stream(
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    available: np.ndarray | None,
+    settings: Settings,
+    seed: int,
+    augmentation: Augmentation | None,
+    first_epoch: int,
+    binary: bool,
+    replicas: int,
+) -> tuple:
+    """``model.fit``'s validation data and steps: none, the plain validation images, or (the study's way,
+    ``--augment-validation on``) the validation images augmented anew each epoch."""
+    if validation is None:
+        return None, None
+    if settings.augment_validation and augmentation is not None:
+        data = augmented_validation_dataset(
+            *validation,
+            settings.batch_size,
+            seed,
+            augmentation,
+            epochs=settings.epochs,
+            first_epoch=first_epoch,
+            available=available,
+            binary=binary,
+            replicas=replicas,
+        )
+        return data, math.ceil(padded_count(len(validation[0]), replicas) / settings.batch_size)
+    return evaluation_dataset(
+        validation[0], with_availability(validation[1], available), settings.batch_size, replicas
+    ), None
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """What trains one network, with its replaceable parts injected rather than patched.
+
+    ``stream`` makes the training batches (default :func:`training_dataset`, the seeded per-epoch
+    ``tf.data`` stream; it takes that function's arguments); ``reuse_networks`` lets the process's
+    :data:`NETWORKS` pool hand the network on (off: each network built and traced anew, as the study
+    did). The benchmark's study-style baseline is ``Trainer(stream=<a Python generator>,
+    reuse_networks=False)``, passed to :func:`common.runs.pipeline.run_plan` as ``train=trainer.train``.
+    """
+
+    stream: Callable | None = None
+    reuse_networks: bool = True
+
+    def train(
+        self,
+        expert: int | str,
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        settings: Settings,
+        files: NetworkFiles,
+        seed: int,
+        verbose: int = 2,
+        log: Callable[[str], None] = print,
+        tensorboard_dir: Path | None = None,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        available: tuple[np.ndarray, np.ndarray | None] | None = None,
+        distribute: str = "none",
+    ) -> TrainedExpert:
+        """:func:`train_expert` with this trainer's parts."""
+        files.folder.mkdir(parents=True, exist_ok=True)
+        label = network_label(expert)
+        strategy = distribution_strategy(distribute)
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        if distribute != "none":
+            log(
+                f"{label}: --distribute {distribute}: {replicas} replica(s)"
+                + (f", {settings.batch_size // replicas} image(s) of each batch per replica" if replicas > 1 else "")
+                + (" (one device: the same as --distribute none)" if replicas == 1 else "")
+            )
+        check_replicas(replicas, settings.batch_size, len(train[0]))
+        policy = precision_policy(settings, log)
+        if policy != "float32":
+            log(f"{label}: mixed precision: Keras dtype policy {policy}")
+        with dtype_policy(policy):
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                result = self._fit(
+                    expert,
+                    train,
+                    validation,
+                    settings,
+                    files,
+                    seed,
+                    verbose,
+                    log,
+                    tensorboard_dir,
+                    checkpoint_seconds,
+                    available,
+                    replicas,
+                )
+            if not NETWORKS.holds(settings, train[0].shape[-1], train[1].shape[-1]):
+                keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
+        return result
+
+    def _fit(
+        self,
+        expert: int | str,
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        settings: Settings,
+        files: NetworkFiles,
+        seed: int,
+        verbose: int,
+        log: Callable[[str], None],
+        tensorboard_dir: Path | None,
+        checkpoint_seconds: float,
+        available: tuple[np.ndarray, np.ndarray | None] | None,
+        replicas: int,
+    ) -> TrainedExpert:
+        """:func:`train_expert` once its dtype policy and distribution strategy are in place."""
+        label = network_label(expert)
+        seed_everything(seed)
+        train_available, validation_available = available if available is not None else (None, None)
+        binary = strategy(settings.strategy).binary_targets
+        monitor = "val_loss" if validation is not None else "loss"
+        state_path, backup_path = files.backup_state, files.backup
+        first_epoch, best = 0, math.inf
+        if state_path.is_file() and backup_path.is_file():
+            state = json.loads(state_path.read_text())
+            first_epoch, best = int(state["epoch"]), float(state["best"])
+            model = load_saved(backup_path, compile=True)
+            log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
+        elif replicas == 1 and self.reuse_networks:
+            model = NETWORKS.network(settings, train[0].shape[-1], train[1].shape[-1], keras.config.dtype_policy().name)
+        else:
+            model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
+            compile_for(model, settings)
+        set_synchronized_batch_norm(model, replicas > 1)
+        parameters = model.count_params()
+        rows = read_log(files.log)[:first_epoch]  # rows past the backup are redone
+        recorder = EpochRecorder(
+            files,
+            monitor,
+            rows,
+            best,
+            label,
+            settings.epochs,
+            log,
+            patience=settings.patience,
+            checkpoint_seconds=checkpoint_seconds,
+            keep=settings.keep,
+        )
+        # An interrupted training that had already stopped early has nothing left to do.
+        already_stopped = bool(
+            settings.patience and first_epoch and first_epoch - recorder.best_epoch >= settings.patience
+        )
+        callbacks: list[keras.callbacks.Callback] = [recorder]
+        if tensorboard_dir is not None:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
+        start = time.perf_counter()
+        if first_epoch < settings.epochs and not already_stopped:
+            augmentation = augmentation_of(settings)
+            stream = (self.stream or training_dataset)(
+                *train,
+                settings.batch_size,
+                seed,
+                augmentation,
+                epochs=settings.epochs,
+                first_epoch=first_epoch,
+                available=train_available,
+                binary=binary,
+                replicas=replicas,
+            )
+            validation_data, validation_steps = validation_stream(
+                validation, validation_available, settings, seed, augmentation, first_epoch, binary, replicas
+            )
+            model.fit(
+                stream,
+                steps_per_epoch=math.ceil(epoch_images(len(train[0]), replicas) / settings.batch_size),
+                epochs=settings.epochs,
+                initial_epoch=first_epoch,
+                validation_data=validation_data,
+                validation_steps=validation_steps,
+                callbacks=callbacks,
+                shuffle=False,  # the stream is shuffled by tf.data, from the seed
+                verbose=verbose,
+            )
+        seconds = time.perf_counter() - start
+        losses = [float(row[monitor]) for row in recorder.rows]
+        best_index = int(np.argmin(losses))
+        kept = best_index + 1 if settings.keep == "best" else len(losses)
+        return TrainedExpert(
+            expert,
+            files.model,
+            best_index + 1,
+            losses[best_index],
+            monitor,
+            len(losses),
+            seconds,
+            first_epoch,
+            parameters,
+            recorder.stopped_early or (settings.patience > 0 and len(losses) < settings.epochs),
+            kept,
+            settings.keep,
+        )
+
+
 def train_expert(
     expert: int | str,
     train: tuple[np.ndarray, np.ndarray],
@@ -623,156 +822,10 @@ def train_expert(
     Raises:
         ConfigError: for ``"mirrored"`` with a batch size that is not a multiple of the replicas.
     """
-    files.folder.mkdir(parents=True, exist_ok=True)
-    label = network_label(expert)
-    strategy = distribution_strategy(distribute)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    if distribute != "none":
-        log(
-            f"{label}: --distribute {distribute}: {replicas} replica(s)"
-            + (f", {settings.batch_size // replicas} image(s) of each batch per replica" if replicas > 1 else "")
-            + (" (one device: the same as --distribute none)" if replicas == 1 else "")
-        )
-    check_replicas(replicas, settings.batch_size, len(train[0]))
-    policy = precision_policy(settings, log)
-    if policy != "float32":
-        log(f"{label}: mixed precision: Keras dtype policy {policy}")
-    with dtype_policy(policy):
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            result = _train(
-                label,
-                expert,
-                train,
-                validation,
-                settings,
-                files,
-                seed,
-                verbose,
-                log,
-                tensorboard_dir,
-                checkpoint_seconds,
-                available,
-                replicas,
-            )
-        if not NETWORKS.holds(settings, train[0].shape[-1], train[1].shape[-1]):
-            keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
-    return result
-
-
-def _train(
-    label: str,
-    expert: int | str,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    settings: Settings,
-    files: NetworkFiles,
-    seed: int,
-    verbose: int,
-    log: Callable[[str], None],
-    tensorboard_dir: Path | None,
-    checkpoint_seconds: float,
-    available: tuple[np.ndarray, np.ndarray | None] | None,
-    replicas: int,
-) -> TrainedExpert:
-    """:func:`train_expert` once its dtype policy and distribution strategy are in place."""
-    seed_everything(seed)
-    train_available, validation_available = available if available is not None else (None, None)
-    binary = strategy(settings.strategy).binary_targets
-    monitor = "val_loss" if validation is not None else "loss"
-    state_path, backup_path = files.backup_state, files.backup
-    first_epoch, best = 0, math.inf
-    if state_path.is_file() and backup_path.is_file():
-        state = json.loads(state_path.read_text())
-        first_epoch, best = int(state["epoch"]), float(state["best"])
-        model = load_saved(backup_path, compile=True)
-        log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
-    elif replicas == 1:
-        model = NETWORKS.network(settings, train[0].shape[-1], train[1].shape[-1], keras.config.dtype_policy().name)
-    else:
-        model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
-        compile_for(model, settings)
-    set_synchronized_batch_norm(model, replicas > 1)
-    parameters = model.count_params()
-    rows = read_log(files.log)[:first_epoch]  # rows past the backup are redone
-    recorder = EpochRecorder(
-        files,
-        monitor,
-        rows,
-        best,
-        label,
-        settings.epochs,
-        log,
-        patience=settings.patience,
-        checkpoint_seconds=checkpoint_seconds,
-        keep=settings.keep,
-    )
-    # An interrupted training that had already stopped early has nothing left to do.
-    already_stopped = bool(settings.patience and first_epoch and first_epoch - recorder.best_epoch >= settings.patience)
-    callbacks: list[keras.callbacks.Callback] = [recorder]
-    if tensorboard_dir is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
-    start = time.perf_counter()
-    if first_epoch < settings.epochs and not already_stopped:
-        augmentation = augmentation_of(settings)
-        stream = training_dataset(
-            *train,
-            settings.batch_size,
-            seed,
-            augmentation,
-            epochs=settings.epochs,
-            first_epoch=first_epoch,
-            available=train_available,
-            binary=binary,
-            replicas=replicas,
-        )
-        validation_data, validation_steps = None, None
-        if validation is not None and settings.augment_validation and augmentation is not None:
-            # the study's validation generator augmented like the training one, anew each epoch
-            validation_data = augmented_validation_dataset(
-                *validation,
-                settings.batch_size,
-                seed,
-                augmentation,
-                epochs=settings.epochs,
-                first_epoch=first_epoch,
-                available=validation_available,
-                binary=binary,
-                replicas=replicas,
-            )
-            validation_steps = math.ceil(padded_count(len(validation[0]), replicas) / settings.batch_size)
-        elif validation is not None:
-            validation_data = evaluation_dataset(
-                validation[0], with_availability(validation[1], validation_available), settings.batch_size, replicas
-            )
-        model.fit(
-            stream,
-            steps_per_epoch=math.ceil(epoch_images(len(train[0]), replicas) / settings.batch_size),
-            epochs=settings.epochs,
-            initial_epoch=first_epoch,
-            validation_data=validation_data,
-            validation_steps=validation_steps,
-            callbacks=callbacks,
-            shuffle=False,  # the stream is shuffled by tf.data, from the seed
-            verbose=verbose,
-        )
-    seconds = time.perf_counter() - start
-    losses = [float(row[monitor]) for row in recorder.rows]
-    best_index = int(np.argmin(losses))
-    kept = best_index + 1 if settings.keep == "best" else len(losses)
-    return TrainedExpert(
-        expert,
-        files.model,
-        best_index + 1,
-        losses[best_index],
-        monitor,
-        len(losses),
-        seconds,
-        first_epoch,
-        parameters,
-        recorder.stopped_early or (settings.patience > 0 and len(losses) < settings.epochs),
-        kept,
-        settings.keep,
-    )
+    return Trainer().train(
+        expert, train, validation, settings, files, seed, verbose, log, tensorboard_dir, checkpoint_seconds,
+        available, distribute,
+    )  # fmt: skip
 
 
 def unreadable_network(path: Path, error: BaseException) -> DataError:
