@@ -61,6 +61,24 @@ def jobs_run(toy_root, tmp_path_factory):
     return {"run": run, "partial": partial, "reports": reports, "lines": (first, second)}
 
 
+@pytest.fixture(scope="module")
+def one_process(toy_root, tmp_path_factory):
+    """The jobs' plan (seed 3) run in one process, per strategy: trained once, for the tests that only read it."""
+    made = {}
+
+    def run(strategy: str = "per-expert") -> tuple[Path, dict]:
+        if strategy not in made:
+            out = tmp_path_factory.mktemp("whole") / strategy
+            settings = SETTINGS.replace(strategy=strategy)
+            made[strategy] = (
+                out,
+                run_task(SPEC, settings, 1, toy_root, seed=3, out=out, verbose=0, log=quiet, plots=False),
+            )
+        return made[strategy]
+
+    return run
+
+
 def test_jobs_write_only_their_experts(jobs_run):
     run = jobs_run["run"]
     first, second = jobs_run["reports"]
@@ -186,10 +204,9 @@ def test_rerunning_a_finished_job_retrains_nothing(jobs_run, toy_root, tmp_path)
     }
 
 
-def test_gathering_a_one_process_run_reproduces_its_score(toy_root, tmp_path):
+def test_gathering_a_one_process_run_reproduces_its_score(one_process, tmp_path):
     """The same networks give the same score in one process and gathered from their saved maps."""
-    whole = tmp_path / "whole"
-    results = run_task(SPEC, SETTINGS, 1, toy_root, seed=3, out=whole, verbose=0, log=quiet, plots=False)
+    whole, results = one_process()
     copy = tmp_path / "copy"
     shutil.copytree(whole, copy, ignore=shutil.ignore_patterns(*SCORED_OUTPUTS, "task01.nii.gz"))
     assert not list((copy / "predictions").rglob("task01.nii.gz"))
@@ -274,17 +291,18 @@ def test_gather_refuses_what_it_cannot_gather(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["per-expert", "multi-head", "soft-label"])
-def test_one_process_and_jobs_plus_gather_give_the_same_results(strategy, toy_root, tmp_path):
+def test_one_process_and_jobs_plus_gather_give_the_same_results(strategy, one_process, jobs_run, toy_root, tmp_path):
     """The property the plan promises: the same plan run in one process, or as jobs (one per network) and
     a gather, trains the same networks and writes the same scores, for every strategy."""
-    settings = SETTINGS.replace(strategy=strategy)
-    whole = run_task(SPEC, settings, 1, toy_root, seed=3, out=tmp_path / "whole", verbose=0, log=quiet, plots=False)
+    whole_dir, whole = one_process(strategy)
     run = tmp_path / "jobs"
-    if strategy == "per-expert":
-        reports = [job(toy_root, run, [e], settings=settings) for e in (1, 2)]
+    if strategy == "per-expert":  # the two expert jobs of ``jobs_run``, gathered anew in a copy
+        shutil.copytree(
+            jobs_run["run"], run, ignore=shutil.ignore_patterns(*SCORED_OUTPUTS, "run.log", "task01.nii.gz")
+        )
     else:  # a single-network strategy is one job
-        reports = [job(toy_root, run, None, settings=settings)]
-    assert reports[-1]["missing"] == [] and reports[-1]["trained"] == [n for r in reports for n in r["trained"]][-1:]
+        report = job(toy_root, run, None, settings=SETTINGS.replace(strategy=strategy))
+        assert report["missing"] == [] and report["trained"] == [strategy]
     gathered = gather_run(run, log=quiet, plots=False)
     assert gathered["gathered"] is True and "gathered" not in whole
     for key in ("score", "per_threshold", "per_case", "dice", "cases", "experts_in_ensemble", "reference_scores"):
@@ -297,7 +315,7 @@ def test_one_process_and_jobs_plus_gather_give_the_same_results(strategy, toy_ro
     for case_id in whole["cases"]:
         np.testing.assert_array_equal(
             read_prediction(prediction_path(run / "predictions", "toy", case_id, 1)),
-            read_prediction(prediction_path(tmp_path / "whole" / "predictions", "toy", case_id, 1)),
+            read_prediction(prediction_path(whole_dir / "predictions", "toy", case_id, 1)),
         )
 
 
