@@ -45,8 +45,8 @@ __all__ = ["gather_run", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.gather",
-        description="Score a run whose experts were trained as separate jobs (--train-only): average the "
-        "saved per-expert maps, score them, and write what a one-process run writes. Imports no TensorFlow.",
+        description="Score a run whose networks were trained as separate jobs (--train-only): average the "
+        "saved maps, score them, and write what a one-process run writes. Imports no TensorFlow.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder the jobs wrote (--out RUN)")
     parser.add_argument(
