@@ -39,6 +39,7 @@ from common.runs.folder import (
     JOBS_FOLDER,
     LOG_FILE,
     SPLITS_FILE,
+    _json_ready,
     check_resumable,
     fold_folder,
     new_run_dir,
@@ -48,7 +49,7 @@ from common.runs.folder import (
 from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
 from common.runs.gather import gather_run
 from common.runs.pipeline import run_plan
-from common.runs.plan import RunOptions, check_experts, check_task
+from common.runs.plan import RunOptions, check_experts, check_task, run_record
 from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.strategies import strategy
@@ -307,25 +308,15 @@ def cv_config(
 ) -> dict:
     """What the cross-validation folder's ``config.json`` holds (versions aside)."""
     planned = check_experts(spec, None if options.train_only else options.experts)
-    return json.loads(
-        json.dumps(
-            {
-                "kind": "cross-validation",
-                "dataset": spec.to_dict(),
-                "task": task,
-                "task_name": spec.task_name(task),
-                "experts": planned,
-                "seed": options.seed,
-                "deterministic": options.deterministic,
-                "data_root": str(Path(data_root).resolve()),
-                "release": source.to_dict(),
-                "settings": settings.to_dict(),
-                "folds": len(split_list),
-                "split_seeded": {"folds": split_list},
-                **({"jobs": True} if options.only_fold is not None else {}),
-                **(options.extra_config or {}),
-            }
-        )
+    return _json_ready(
+        {
+            "kind": "cross-validation",
+            **run_record(spec, settings, task, data_root, planned, source, options),
+            "folds": len(split_list),
+            "split_seeded": {"folds": split_list},
+            **({"jobs": True} if options.only_fold is not None else {}),
+            **(options.extra_config or {}),
+        }
     )
 
 

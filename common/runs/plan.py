@@ -213,15 +213,7 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
     )
     plan.config = _json_ready(
         {
-            "dataset": spec.to_dict(),
-            "task": task,
-            "task_name": spec.task_name(task),
-            "experts": planned,
-            "seed": options.seed,
-            "deterministic": options.deterministic,
-            "data_root": str(Path(data_root).resolve()),
-            "release": source.to_dict(),
-            "settings": settings.to_dict(),
+            **run_record(spec, settings, task, data_root, planned, source, options),
             "split_seeded": split_record,
             "predict_test": options.predict_test,
             **({"jobs": True} if options.train_only else {}),
@@ -230,6 +222,24 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
         }
     )
     return plan
+
+
+def run_record(
+    spec: DatasetSpec, settings: Settings, task: int, data_root: Path, planned: list[int], source, options: RunOptions
+) -> dict:
+    """What every run folder's ``config.json`` (a run's, a cross-validation's) opens with: the dataset,
+    the task, the planned experts, the seed, the data and the settings."""
+    return {
+        "dataset": spec.to_dict(),
+        "task": task,
+        "task_name": spec.task_name(task),
+        "experts": planned,
+        "seed": options.seed,
+        "deterministic": options.deterministic,
+        "data_root": str(Path(data_root).resolve()),
+        "release": source.to_dict(),
+        "settings": settings.to_dict(),
+    }
 
 
 def split_summary(plan: Plan) -> dict:
