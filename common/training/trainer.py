@@ -636,7 +636,40 @@ class Trainer:
         available: tuple[np.ndarray, np.ndarray | None] | None = None,
         distribute: str = "none",
     ) -> TrainedExpert:
-        """:func:`train_expert` with this trainer's parts."""
+        """Train one network on one expert's masks; keep the weights with the best validation loss.
+
+        If ``files`` hold a backup of an interrupted training, it continues from the backup's epoch
+        with the saved weights, optimiser state and learning rate.
+
+        With ``settings.mixed_precision`` the network is built (or its backup loaded) and trained under
+        :func:`precision_policy`'s dtype policy, which is restored afterwards. With ``distribute``
+        ``"mirrored"`` it is built and trained under :func:`distribution_strategy` (one replica per local
+        GPU or CPU logical device): ``settings.batch_size`` is the global batch, split evenly across the
+        replicas (:func:`check_replicas`), with batch normalisation over the whole batch.
+
+        Args:
+            expert: the expert's number, or a name for a network that learns from all experts (for names only).
+            train: images ``(N, S, S, C)`` and targets ``(N, S, S, K)`` on the network's grid: one expert's
+                masks (K = 1), the mean expert mask (soft-label), or one mask per head (multi-head; a
+                missing mask is all 0 and flagged in ``available``). The network gets K outputs.
+            validation: the same for the validation cases, or None to monitor the training loss.
+            settings: network, optimiser and augmentation.
+            files: where the kept model, the per-epoch log and the backup go (:class:`NetworkFiles`).
+            seed: seeds initialisation, shuffling and augmentation.
+            verbose: Keras's own progress (0 silent, 2 one line per epoch).
+            log: receives one plain-text line per epoch.
+            tensorboard_dir: if given, TensorBoard logs go there.
+            checkpoint_seconds: least time between two checkpoints (model and backup); 0: every epoch.
+            available: multi-head only: which experts annotated each training and validation image,
+                ``(N, K)`` 0/1 arrays.
+            distribute: ``"none"`` or ``"mirrored"``: a runtime choice, not a setting. When the training
+                images are a multiple of the replicas it changes the losses by float rounding only (see
+                :func:`set_synchronized_batch_norm`); otherwise each epoch leaves out the remainder
+                (:func:`training_dataset`).
+
+        Raises:
+            ConfigError: for ``"mirrored"`` with a batch size that is not a multiple of the replicas.
+        """
         files.folder.mkdir(parents=True, exist_ok=True)
         label = network_label(expert)
         strategy = distribution_strategy(distribute)
@@ -774,58 +807,9 @@ class Trainer:
         )
 
 
-def train_expert(
-    expert: int | str,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    settings: Settings,
-    files: NetworkFiles,
-    seed: int,
-    verbose: int = 2,
-    log: Callable[[str], None] = print,
-    tensorboard_dir: Path | None = None,
-    checkpoint_seconds: float = CHECKPOINT_SECONDS,
-    available: tuple[np.ndarray, np.ndarray | None] | None = None,
-    distribute: str = "none",
-) -> TrainedExpert:
-    """Train one network on one expert's masks; keep the weights with the best validation loss.
-
-    If ``files`` hold a backup of an interrupted training, it continues from the backup's epoch
-    with the saved weights, optimiser state and learning rate.
-
-    With ``settings.mixed_precision`` the network is built (or its backup loaded) and trained under
-    :func:`precision_policy`'s dtype policy, which is restored afterwards. With ``distribute``
-    ``"mirrored"`` it is built and trained under :func:`distribution_strategy` (one replica per local
-    GPU or CPU logical device): ``settings.batch_size`` is the global batch, split evenly across the
-    replicas (:func:`check_replicas`), with batch normalisation over the whole batch.
-
-    Args:
-        expert: the expert's number, or a name for a network that learns from all experts (for names only).
-        train: images ``(N, S, S, C)`` and targets ``(N, S, S, K)`` on the network's grid: one expert's
-            masks (K = 1), the mean expert mask (soft-label), or one mask per head (multi-head; a
-            missing mask is all 0 and flagged in ``available``). The network gets K outputs.
-        validation: the same for the validation cases, or None to monitor the training loss.
-        settings: network, optimiser and augmentation.
-        files: where the kept model, the per-epoch log and the backup go (:class:`NetworkFiles`).
-        seed: seeds initialisation, shuffling and augmentation.
-        verbose: Keras's own progress (0 silent, 2 one line per epoch).
-        log: receives one plain-text line per epoch.
-        tensorboard_dir: if given, TensorBoard logs go there.
-        checkpoint_seconds: least time between two checkpoints (model and backup); 0: every epoch.
-        available: multi-head only: which experts annotated each training and validation image,
-            ``(N, K)`` 0/1 arrays.
-        distribute: ``"none"`` or ``"mirrored"``: a runtime choice, not a setting. When the training
-            images are a multiple of the replicas it changes the losses by float rounding only (see
-            :func:`set_synchronized_batch_norm`); otherwise each epoch leaves out the remainder
-            (:func:`training_dataset`).
-
-    Raises:
-        ConfigError: for ``"mirrored"`` with a batch size that is not a multiple of the replicas.
-    """
-    return Trainer().train(
-        expert, train, validation, settings, files, seed, verbose, log, tensorboard_dir, checkpoint_seconds,
-        available, distribute,
-    )  # fmt: skip
+#: Train one network with the default parts (the seeded tf.data stream, the pooled network):
+#: :meth:`Trainer.train` of ``Trainer()``.
+train_expert = Trainer().train
 
 
 def unreadable_network(path: Path, error: BaseException) -> DataError:
