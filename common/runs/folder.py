@@ -468,8 +468,6 @@ def missing_networks(run_dir: Path, dataset: str, task: int, networks: list, cas
 
 def ready_to_gather(run_dir: Path) -> bool:
     """Whether ``run_dir`` was made by jobs whose planned networks are all complete (and not yet gathered)."""
-    from common.strategies import strategy
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or (run_dir / RESULTS_FILE).is_file():
         return False
@@ -478,9 +476,15 @@ def ready_to_gather(run_dir: Path) -> bool:
     if config.get("jobs") is not True or not split or config.get("predict_test"):
         return False
     cases = list(split["held_out"]) + list(split.get("validation", []))
+    return not missing_networks(run_dir, config["dataset"]["name"], config["task"], planned_networks(config), cases)
+
+
+def planned_networks(config: dict) -> list:
+    """The networks a run folder's ``config.json`` plans (the strategy's, for its experts and seed)."""
+    from common.strategies import strategy
+
     settings = Settings.from_dict(config["settings"])
-    networks = strategy(settings.strategy).networks(config["experts"], config["seed"])
-    return not missing_networks(run_dir, config["dataset"]["name"], config["task"], networks, cases)
+    return strategy(settings.strategy).networks([int(e) for e in config["experts"]], int(config["seed"]))
 
 
 def network_folder(network) -> str:

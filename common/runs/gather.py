@@ -41,12 +41,12 @@ from common.runs.folder import (
     network_files,
     network_folder,
     output_map_paths,
+    planned_networks,
     read_config,
 )
 from common.runs.jobs import gather_command, job_command
 from common.runs.storage import RunLog, write_atomic, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
-from common.strategies import strategy
 
 
 def spec_from_config(config: dict) -> DatasetSpec:
@@ -169,12 +169,6 @@ def gather_run(
     return gather(run_dir, config, sources, runlog, plots)
 
 
-def planned_networks(config: dict) -> list:
-    """The networks a run folder's ``config.json`` plans (the strategy's, for its experts and seed)."""
-    settings = Settings.from_dict(config["settings"])
-    return strategy(settings.strategy).networks([int(e) for e in config["experts"]], int(config["seed"]))
-
-
 def predicted_cases(config: dict, sources: Sources) -> list[str]:
     """The cases whose maps the run writes, in the plan's order: held-out, validation, test."""
     split = config["split"]
@@ -213,6 +207,7 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
         )
     averager = MapAverager()
     held_maps: dict[str, dict[str, np.ndarray]] = {}
+    read: set[Path] = set()  # the maps the networks wrote
     for network in networks:
         paths = output_map_paths(run_dir, spec.name, task, network, predicted)
         for head, head_paths in zip(network.heads, paths, strict=True):
@@ -220,6 +215,7 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
                 held_maps[expert_name(head)] = {}
             for case_id, path in zip(predicted, head_paths, strict=True):
                 probability = read_prediction(path)
+                read.add(path)
                 try:
                     averager.add(case_id, probability)
                 except ValueError as error:
@@ -228,12 +224,9 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
                     held_maps[expert_name(head)][case_id] = probability
     ensemble = averager.mean()
     root = Path(run_dir) / PREDICTIONS_FOLDER
-    sources_of_maps = {
-        p for n in networks for paths in output_map_paths(run_dir, spec.name, task, n, predicted) for p in paths
-    }
     for case_id in predicted:
         path = prediction_path(root, spec.name, case_id, task)
-        if path not in sources_of_maps:  # the soft-label network's map is the ensemble's map itself
+        if path not in read:  # the soft-label network's map is the ensemble's map itself
             try:
                 write_prediction(path, ensemble[case_id], sources.references[case_id])
             except ValueError as error:
