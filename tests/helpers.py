@@ -77,3 +77,31 @@ def make_toy_root(root: Path) -> Path:
         image, masks = toy_case(rng, grow=1)
         write_case(root / "validation_data_v2" / "toy" / "Validation" / f"case{number:02d}", image, masks)
     return root
+
+
+def gradient(function, x: np.ndarray) -> np.ndarray:
+    """d function(x) / dx on the Keras backend in use (``function`` maps a backend tensor to a scalar).
+
+    Each backend has its own automatic differentiation (TensorFlow's tape, ``jax.grad``, PyTorch's
+    autograd); the loss tests hold the losses' gradients on every backend with this one helper.
+    """
+    import keras
+
+    x = np.asarray(x, np.float32)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        variable = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            value = function(variable)
+        return tape.gradient(value, variable).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: function(v).sum())(jax.numpy.asarray(x)))
+    import torch
+
+    tensor = torch.tensor(x, requires_grad=True)
+    function(tensor).sum().backward()
+    return tensor.grad.numpy()

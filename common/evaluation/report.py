@@ -15,6 +15,8 @@ from common.evaluation.scoring import THRESHOLDS
 VERSIONED = {
     "numpy": "numpy",
     "tensorflow": "tensorflow",
+    "jax": "jax",
+    "torch": "torch",
     "keras": "keras",
     "nibabel": "nibabel",
     "skimage": "scikit-image",
@@ -22,11 +24,14 @@ VERSIONED = {
 
 
 def versions() -> dict[str, str]:
-    """Versions worth recording next to results: those installed (read from the package metadata, so a
-    run records them in its ``config.json`` before anything imports TensorFlow)."""
+    """Versions worth recording next to results: the Keras backend the run trains on, and the packages
+    installed (read from the package metadata, so a run records them in its ``config.json`` before
+    anything imports a backend)."""
     from importlib import metadata
 
-    found = {"python": platform.python_version(), "platform": platform.platform()}
+    from common.training.backend import requested
+
+    found = {"python": platform.python_version(), "platform": platform.platform(), "keras_backend": requested()}
     for name, distribution in VERSIONED.items():
         module = sys.modules.get(name)
         try:

@@ -66,6 +66,9 @@ def run_plan(
 ) -> dict:
     """:func:`run_task` with its options as one object; ``train`` trains one network (the seam of
     :func:`common.runs.execute.execute`)."""
+    from common.training.backend import check_options  # imports no backend
+
+    check_options(options.distribute, options.tensorboard)  # TensorFlow-only options on another backend
     if options.train_only:
         from common.runs.jobs import check_job_options
 

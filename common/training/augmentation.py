@@ -1,10 +1,14 @@
 """On-the-fly augmentation: one random affine transform applied to image and mask together.
 
 The study used Keras's ImageDataGenerator with rotation 10 degrees, width/height shift 0.1 and
-horizontal flip (none for kidney). Here the same transform is drawn with stateless random ops from a
-per-sample seed, so the augmentation stream follows from the run's seed, and applied in the
-``tf.data`` pipeline with one projective-transform call on the image and mask stacked together
-(bilinear; the mask is re-binarised at 0.5). Areas moved in from outside are filled with 0.
+horizontal flip (none for kidney). Here each sample's transform is drawn by numpy from its own seed
+``(seed, stream, position)`` (:func:`draw_transforms`), so the augmentation is a function of the run's
+seed and the sample's place in the stream, the same numbers on every Keras backend, and a batch is
+warped with one ``keras.ops.image.affine_transform`` call on the images and masks stacked together
+(bilinear; a binary mask is re-binarised at 0.5; areas moved in from outside are filled with 0). That
+op is TensorFlow's ``ImageProjectiveTransformV3`` on the TensorFlow backend and Keras's own bilinear
+sampler on JAX and PyTorch; ``tests/training/test_augmentation.py`` holds all of them to one
+reference (scipy's ``map_coordinates``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import tensorflow as tf
+import keras
+import numpy as np
+
+#: The seed streams: which draw a seed ``(seed, stream, position)`` is for, so that no two overlap.
+TRAINING, VALIDATION, ORDER = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -34,63 +42,100 @@ class Augmentation:
         return self.rotation == 0 and self.shift == 0 and not self.flip
 
 
-def affine_transform(
-    angle: tf.Tensor, shift_rows: tf.Tensor, shift_cols: tf.Tensor, flip: tf.Tensor, height: int, width: int
-) -> tf.Tensor:
-    """The 8 projective parameters mapping output pixels to input pixels.
+def sample_rng(seed: int, stream: int, position: int) -> np.random.Generator:
+    """numpy's generator for one draw: a function of the three numbers alone (``SeedSequence`` entropy).
+
+    ``SeedSequence`` takes non-negative integers; a negative run seed is taken modulo ``2**64``.
+    """
+    return np.random.default_rng([int(seed) % 2**64, int(stream), int(position)])
+
+
+def affine_transform(angle, shift_rows, shift_cols, flip, height: int, width: int) -> np.ndarray:
+    """The 8 projective parameters mapping output pixels to input pixels, one row per sample.
 
     The forward transform flips horizontally (when ``flip``), rotates by ``angle`` radians about the
     centre, then shifts by ``(shift_rows, shift_cols)`` pixels; this returns its inverse, as
-    ``ImageProjectiveTransformV3`` expects.
+    ``keras.ops.image.affine_transform`` expects (``[a0, a1, a2, b0, b1, b2, 0, 0]``: the output pixel
+    ``(x, y)`` reads the input at ``(a0 x + a1 y + a2, b0 x + b1 y + b2)``). The arguments are scalars or
+    arrays of one value per sample; the result is ``(8,)`` or ``(N, 8)`` float32.
     """
-    cos, sin = tf.cos(angle), tf.sin(angle)
+    angle, tx, ty, flip = np.broadcast_arrays(
+        np.asarray(angle, np.float64), np.asarray(shift_cols, np.float64), np.asarray(shift_rows, np.float64), flip
+    )
+    cos, sin = np.cos(angle), np.sin(angle)
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    tx, ty = shift_cols, shift_rows
     a0, a1 = cos, sin
     a2 = cx - cos * (tx + cx) - sin * (ty + cy)
     b0, b1 = -sin, cos
     b2 = cy + sin * (tx + cx) - cos * (ty + cy)
-    sign = tf.where(flip, -1.0, 1.0)
+    flip = np.asarray(flip, bool)
+    sign = np.where(flip, -1.0, 1.0)
     a0, a1 = sign * a0, sign * a1
-    a2 = tf.where(flip, (width - 1) - a2, a2)
-    zero = tf.zeros_like(cos)
-    return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
+    a2 = np.where(flip, (width - 1) - a2, a2)
+    zero = np.zeros_like(cos)
+    return np.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=-1).astype(np.float32)
 
 
-def apply_transform(
-    image: tf.Tensor, mask: tf.Tensor, transform: tf.Tensor, binary: bool = True
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Warp ``image (H, W, C)`` and ``mask (H, W, K)`` with the same ``transform``.
+def draw_transforms(
+    seed: int, positions, augmentation: Augmentation, height: int, width: int, stream: int = TRAINING
+) -> np.ndarray:
+    """One transform per position, ``(N, 8)``: each drawn from :func:`sample_rng` ``(seed, stream, position)``.
 
-    A ``binary`` mask is re-binarised at 0.5 after the bilinear warp; a soft target (the mean expert
-    mask of the soft-label strategy) keeps its interpolated values.
+    Four numbers per sample, in this order: the angle (uniform in +-rotation), the row and column
+    shifts (uniform in +-shift times the size) and the flip (when allowed, with probability 1/2).
     """
-    channels = tf.shape(image)[-1]
-    stacked = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)[tf.newaxis]
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=stacked,
-        transforms=tf.cast(transform[tf.newaxis], tf.float32),
-        output_shape=tf.shape(stacked)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )[0]
-    warped_mask = warped[..., channels:]
-    if binary:
-        warped_mask = warped_mask >= 0.5
-    return warped[..., :channels], tf.cast(warped_mask, mask.dtype)
-
-
-def random_transform(
-    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation, binary: bool = True
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Draw one transform from ``seed`` (a stateless seed, shape ``[2]``) and apply it to both."""
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
-    height, width = image.shape[0], image.shape[1]
     max_angle = augmentation.rotation * math.pi / 180.0
-    angle = tf.random.stateless_uniform([], seeds[0], -max_angle, max_angle)
-    shift_rows = tf.random.stateless_uniform([], seeds[1], -augmentation.shift, augmentation.shift) * height
-    shift_cols = tf.random.stateless_uniform([], seeds[2], -augmentation.shift, augmentation.shift) * width
-    flip = tf.logical_and(augmentation.flip, tf.random.stateless_uniform([], seeds[3]) < 0.5)
-    transform = affine_transform(angle, shift_rows, shift_cols, flip, height, width)
-    return apply_transform(image, mask, transform, binary)
+    draws = np.empty((len(positions), 4))
+    for row, position in enumerate(positions):
+        rng = sample_rng(seed, stream, position)
+        draws[row] = rng.uniform(-1.0, 1.0, size=3).tolist() + [rng.random()]
+    flip = np.logical_and(augmentation.flip, draws[:, 3] < 0.5)
+    return affine_transform(
+        draws[:, 0] * max_angle,
+        draws[:, 1] * augmentation.shift * height,
+        draws[:, 2] * augmentation.shift * width,
+        flip,
+        height,
+        width,
+    )
+
+
+def apply_transforms(
+    images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, binary: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp ``images (N, H, W, C)`` and ``masks (N, H, W, K)`` with one ``transforms (N, 8)`` row per sample.
+
+    One ``keras.ops.image.affine_transform`` call on the two stacked, on the backend in use. A
+    ``binary`` mask is re-binarised at 0.5 after the bilinear warp; a soft target (the mean expert mask
+    of the soft-label strategy) keeps its interpolated values. Returns numpy arrays of the inputs' dtypes.
+    """
+    channels = images.shape[-1]
+    stacked = np.concatenate([images, masks.astype(images.dtype)], axis=-1)
+    warped = keras.ops.convert_to_numpy(
+        keras.ops.image.affine_transform(
+            stacked,
+            np.asarray(transforms, np.float32),
+            interpolation="bilinear",
+            fill_mode="constant",
+            fill_value=0.0,
+            data_format="channels_last",
+        )
+    )
+    warped_masks = warped[..., channels:]
+    if binary:
+        warped_masks = warped_masks >= 0.5
+    return warped[..., :channels].astype(images.dtype, copy=False), warped_masks.astype(masks.dtype)
+
+
+def random_transforms(
+    images: np.ndarray,
+    masks: np.ndarray,
+    seed: int,
+    positions,
+    augmentation: Augmentation,
+    binary: bool = True,
+    stream: int = TRAINING,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw each sample's transform from ``(seed, stream, position)`` and apply it to its image and mask."""
+    transforms = draw_transforms(seed, positions, augmentation, images.shape[1], images.shape[2], stream)
+    return apply_transforms(images, masks, transforms, binary)

@@ -1,4 +1,4 @@
-"""Training one expert's network: the seeded tf.data stream, Keras callbacks, and resuming.
+"""Training one expert's network: the seeded stream, Keras callbacks, and resuming, on any Keras backend.
 
 What training leaves in the expert's folder, each file written atomically (temporary file, then rename):
 
@@ -28,27 +28,38 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common.data.cases import DataError
 from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
 from common.strategies import strategy
 from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
-from common.training.augmentation import Augmentation, random_transform
+from common.training import backend
+from common.training.augmentation import Augmentation
 from common.training.files import NetworkFiles
 from common.training.models import build_unet
+from common.training.stream import (
+    FollowEpoch,
+    augmented_validation_dataset,
+    epoch_images,
+    evaluation_data,
+    training_dataset,
+    with_availability,
+)
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """The one place that seeds Python, numpy and TensorFlow (and so Keras).
+def seed_everything(seed: int, deterministic: bool = False, log: Callable[[str], None] = print) -> None:
+    """The one place that seeds Python, numpy and the Keras backend.
 
-    With ``deterministic``, TensorFlow's op determinism is switched on too: the same seed then gives
-    the same weights on the same machine and software, at some cost in speed (see the README).
+    With ``deterministic``, the backend's deterministic kernels are switched on too
+    (:func:`common.training.backend.enable_determinism`): the same seed then gives the same weights on
+    the same machine and software, at some cost in speed (see the README).
     """
     keras.utils.set_random_seed(seed)
     if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        notice = backend.enable_determinism()
+        if notice:
+            log(notice)
 
 
 #: /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware (AVX512-BF16; AMX on Sapphire Rapids and later).
@@ -73,7 +84,7 @@ def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def gpu_visible() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
+    return backend.gpu_visible()
 
 
 def precision_policy(settings: Settings, log: Callable[[str], None] = print) -> str:
@@ -116,17 +127,21 @@ def dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def distribution_strategy(distribute: str) -> tf.distribute.Strategy | None:
+def distribution_strategy(distribute: str):
     """``tf.distribute.MirroredStrategy`` over every local GPU, or without GPUs over the local CPU
     logical devices; None for ``"none"`` or when there is only one device (the same as none).
 
     The CPU logical devices are one unless the process split its CPU with
     ``tf.config.set_logical_device_configuration`` before TensorFlow started (as the tests do).
+    TensorFlow's alone: on another backend ``"mirrored"`` is refused (:func:`common.training.backend.check_options`).
     """
     if distribute not in DISTRIBUTE_CHOICES:
         raise ConfigError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {distribute!r}")
     if distribute == "none":
         return None
+    backend.check_options(distribute=distribute)
+    import tensorflow as tf
+
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         return None
@@ -261,170 +276,6 @@ def augmentation_of(settings: Settings) -> Augmentation | None:
     if not settings.augment:
         return None
     return Augmentation(rotation=settings.rotation, shift=settings.shift, flip=settings.flip)
-
-
-def training_dataset(
-    images: np.ndarray,
-    masks: np.ndarray,
-    batch_size: int,
-    seed: int,
-    augmentation: Augmentation | None,
-    epochs: int,
-    first_epoch: int = 0,
-    available: np.ndarray | None = None,
-    binary: bool = True,
-    replicas: int = 1,
-) -> tf.data.Dataset:
-    """The batches of epochs ``first_epoch .. epochs - 1``, shuffled and augmented.
-
-    Epoch ``e`` visits the samples in an order drawn from ``(seed, e)`` and augments its ``i``-th sample
-    with the seed ``(seed, e * N + i)``: the stream is a function of the seed and the epoch alone, so a
-    resumed training sees exactly the batches an uninterrupted one would have seen. Each epoch has
-    ``ceil(N / batch_size)`` batches (the last may be smaller).
-
-    ``masks`` may hold several channels (one per head of a multi-head network); ``available``
-    ``(N, heads)`` then says which experts annotated each image, and is appended to the targets as
-    constant channels after augmentation (see ``MultiHeadLoss``). Soft targets (``binary=False``)
-    are warped without re-binarising.
-
-    With ``replicas > 1`` (a mirrored training, ``batch_size`` a multiple of them) each epoch leaves
-    out the last ``N mod replicas`` images of its order, so that every batch splits evenly across the
-    replicas (a replica with fewer or no images fails in Keras 3); the order is drawn anew each epoch,
-    so a different few images wait each time. See :func:`epoch_images`.
-    """
-    count = len(images)
-    used = epoch_images(count, replicas)
-    sample = _sampler(images, masks, available, seed, augmentation, binary)
-
-    def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        positions = epoch * count + tf.range(count, dtype=tf.int64)
-        return (
-            tf.data.Dataset.from_tensor_slices((order[:used], positions[:used]))
-            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size)
-        )
-
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
-
-
-def _sampler(
-    images: np.ndarray,
-    masks: np.ndarray,
-    available: np.ndarray | None,
-    seed: int,
-    augmentation: Augmentation | None,
-    binary: bool,
-):
-    """``sample(index, position) -> (image, mask)`` for a ``tf.data`` map: image ``index``, warped with the
-    seed ``(seed, position)`` (unless ``augmentation`` is None or the identity), the availability flags
-    appended to the mask after the warp. Shared by the training and the augmented validation stream."""
-    images_t, masks_t = tf.constant(images), tf.constant(masks)
-    available_t = None if available is None else tf.constant(available, tf.float32)
-    augment = augmentation is not None and not augmentation.is_identity
-
-    def sample(index, position):
-        image, mask = tf.gather(images_t, index), tf.gather(masks_t, index)
-        if augment:
-            image, mask = random_transform(
-                image, mask, tf.stack([tf.constant(seed, tf.int64), position]), augmentation, binary
-            )
-        if available_t is not None:
-            flags = tf.cast(tf.gather(available_t, index), mask.dtype)
-            mask = tf.concat([mask, tf.broadcast_to(flags, tf.shape(mask))], axis=-1)
-        return image, mask
-
-    return sample
-
-
-def epoch_images(count: int, replicas: int = 1) -> int:
-    """Images trained on per epoch: all ``count``, or with several replicas a multiple of them."""
-    return count - count % replicas if replicas > 1 else count
-
-
-def with_availability(masks: np.ndarray, available: np.ndarray | None) -> np.ndarray:
-    """Multi-head targets: the masks ``(N, S, S, E)`` followed by ``available (N, E)`` as constant channels."""
-    if available is None:
-        return masks
-    flags = np.broadcast_to(available[:, np.newaxis, np.newaxis, :], masks.shape).astype(masks.dtype)
-    return np.concatenate([masks, flags], axis=-1)
-
-
-def evaluation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, replicas: int = 1) -> tf.data.Dataset:
-    """The validation batches; with ``replicas > 1`` padded to split evenly, without changing the loss.
-
-    Every validation case counts, since the validation loss chooses the kept epoch. A mirrored
-    evaluation needs every batch to split evenly across the replicas (see ``training_dataset``), so
-    the cases are padded to a multiple of the replicas with copies of the first, of sample weight 0.
-    Keras averages a batch's loss over all its samples, padding included, and the batches' losses
-    weighted by their sizes; giving the real cases the weight ``padded / real`` instead of 1 makes
-    that average the mean over the real cases exactly. Weighted metrics ignore the uniform factor.
-    """
-    take, weights = validation_padding(len(images), replicas)
-    if weights is None:
-        return tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return (
-        tf.data.Dataset.from_tensor_slices((images[take], masks[take], weights))
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def padded_count(count: int, replicas: int = 1) -> int:
-    """Validation images per evaluation: all ``count``, padded to a multiple of the replicas (see below)."""
-    return count + ((-count) % replicas if replicas > 1 else 0)
-
-
-def validation_padding(count: int, replicas: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image of each evaluated sample (copies of the first cases as padding) and the sample weights
-    that keep the mean loss over the real cases (:func:`evaluation_dataset`); None: no padding needed."""
-    total = padded_count(count, replicas)
-    take = np.arange(total) % count
-    if total == count:
-        return take, None
-    return take, np.where(np.arange(total) < count, total / count, 0.0).astype(np.float32)
-
-
-def augmented_validation_dataset(
-    images: np.ndarray,
-    masks: np.ndarray,
-    batch_size: int,
-    seed: int,
-    augmentation: Augmentation,
-    epochs: int,
-    first_epoch: int = 0,
-    available: np.ndarray | None = None,
-    binary: bool = True,
-    replicas: int = 1,
-) -> tf.data.Dataset:
-    """The validation batches of epochs ``first_epoch .. epochs - 1``, each epoch's augmented anew.
-
-    The study validated on a generator that augmented like the training one. Here epoch ``e`` warps
-    its ``i``-th validation image (in their order, not shuffled) with the seed ``(seed, -1 - (e * N + i))``:
-    a function of the seed and the epoch alone, like the training stream, so a resumed training
-    validates on what an uninterrupted one would have, and never on a training sample's warp (those use
-    positions ``>= 0``). Keras reads ``ceil(padded / batch_size)`` batches per epoch from the one stream
-    (``validation_steps``). Padding for several replicas is as in :func:`evaluation_dataset`.
-    """
-    count = len(images)
-    take, weights = validation_padding(count, replicas)
-    warped = _sampler(images, masks, available, seed, augmentation, binary)
-
-    def sample(index, position, *weight):  # a negative position: never a training sample's warp
-        return (*warped(index, -1 - position), *weight)
-
-    def one_epoch(epoch):
-        positions = epoch * count + tf.constant(take, tf.int64)
-        slices = (tf.constant(take, tf.int64), positions) + (() if weights is None else (tf.constant(weights),))
-        return (
-            tf.data.Dataset.from_tensor_slices(slices)
-            .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size)
-        )
-
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -565,7 +416,7 @@ def compile_for(model: keras.Model, settings: Settings) -> None:
     """Adam with the strategy's loss and metrics (:meth:`common.strategies.Strategy.loss`)."""
     loss, metrics = strategy(settings.strategy).loss(settings.loss, settings.dice_smooth)
     # A weighted metric gets the sample weights, as the loss does: only the padded validation batches of a
-    # mirrored training have any (evaluation_dataset), and without them it is the plain mean, same name.
+    # mirrored training have any (evaluation_data), and without them it is the plain mean, same name.
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate), loss=loss, weighted_metrics=metrics
     )
@@ -585,10 +436,10 @@ def validation_stream(
     binary: bool,
     replicas: int,
 ) -> tuple:
-    """``model.fit``'s validation data and steps: none, the plain validation images, or (the study's way,
-    ``--augment-validation on``) the validation images augmented anew each epoch."""
+    """``model.fit``'s validation data and the callbacks it needs: none, the plain validation images, or
+    (the study's way, ``--augment-validation on``) the validation images augmented anew each epoch."""
     if validation is None:
-        return None, None
+        return None, []
     if settings.augment_validation and augmentation is not None:
         data = augmented_validation_dataset(
             *validation,
@@ -601,10 +452,8 @@ def validation_stream(
             binary=binary,
             replicas=replicas,
         )
-        return data, math.ceil(padded_count(len(validation[0]), replicas) / settings.batch_size)
-    return evaluation_dataset(
-        validation[0], with_availability(validation[1], available), settings.batch_size, replicas
-    ), None
+        return data, [FollowEpoch(data)]
+    return evaluation_data(validation[0], with_availability(validation[1], available), replicas), []
 
 
 @dataclass(frozen=True)
@@ -612,7 +461,7 @@ class Trainer:
     """What trains one network, with its replaceable parts injected rather than patched.
 
     ``stream`` makes the training batches (default :func:`training_dataset`, the seeded per-epoch
-    ``tf.data`` stream; it takes that function's arguments); ``reuse_networks`` lets the process's
+    stream; it takes that function's arguments); ``reuse_networks`` lets the process's
     :data:`NETWORKS` pool hand the network on (off: each network built and traced anew, as the study
     did). The benchmark's study-style baseline is ``Trainer(stream=<a Python generator>,
     reuse_networks=False)``, passed to :func:`common.runs.pipeline.run_plan` as ``train=trainer.train``.
@@ -773,7 +622,7 @@ class Trainer:
                 binary=binary,
                 replicas=replicas,
             )
-            validation_data, validation_steps = validation_stream(
+            validation_data, followers = validation_stream(
                 validation, validation_available, settings, seed, augmentation, first_epoch, binary, replicas
             )
             model.fit(
@@ -782,9 +631,9 @@ class Trainer:
                 epochs=settings.epochs,
                 initial_epoch=first_epoch,
                 validation_data=validation_data,
-                validation_steps=validation_steps,
-                callbacks=callbacks,
-                shuffle=False,  # the stream is shuffled by tf.data, from the seed
+                validation_batch_size=settings.batch_size,
+                callbacks=followers + callbacks,
+                shuffle=False,  # the stream is shuffled by itself, from the seed
                 verbose=verbose,
             )
         seconds = time.perf_counter() - start
@@ -807,7 +656,7 @@ class Trainer:
         )
 
 
-#: Train one network with the default parts (the seeded tf.data stream, the pooled network):
+#: Train one network with the default parts (the seeded stream, the pooled network):
 #: :meth:`Trainer.train` of ``Trainer()``.
 train_expert = Trainer().train
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 12
 
@@ -17,6 +19,7 @@ def kidney(*args, cwd):
     return [sys.executable, str(ROOT / "Kidney.py"), *args]
 
 
+@pytest.mark.backend  # the one end-to-end run on every backend (KERAS_BACKEND passes to the script)
 def test_killed_during_second_expert_then_resumed(demo_root, tmp_path):
     run = tmp_path / "run"
     command = kidney(

@@ -1,13 +1,30 @@
-"""One random transform for image and mask together, reproducible from the seed."""
+"""One random transform for image and mask together, reproducible from the seed, the same on every backend.
+
+Marked ``backend``: CI runs this file under TensorFlow, JAX and PyTorch. The transforms are drawn by
+numpy (the same numbers everywhere) and every backend's warp is held to one reference, scipy's bilinear
+``map_coordinates`` (``grid-constant``: the fill value 0 takes part in the interpolation at the border).
+"""
 
 import math
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+import scipy.ndimage as ndi
 
-from common.training.augmentation import Augmentation, affine_transform, apply_transform, random_transform
-from common.training.trainer import training_dataset
+from common.training.augmentation import (
+    TRAINING,
+    VALIDATION,
+    Augmentation,
+    affine_transform,
+    apply_transforms,
+    draw_transforms,
+    random_transforms,
+    sample_rng,
+)
+from common.training.stream import training_dataset
+
+pytestmark = pytest.mark.backend
 
 H, W = 6, 8
 IMAGE = np.arange(H * W, dtype=np.float32).reshape(H, W, 1)
@@ -15,11 +32,17 @@ MASK = (IMAGE > 20).astype(np.float32)
 
 
 def warp(angle=0.0, rows=0.0, cols=0.0, flip=False, image=IMAGE, mask=MASK):
-    transform = affine_transform(
-        tf.constant(angle), tf.constant(rows), tf.constant(cols), tf.constant(flip), image.shape[0], image.shape[1]
-    )
-    out_image, out_mask = apply_transform(tf.constant(image), tf.constant(mask), transform)
-    return out_image.numpy(), out_mask.numpy()
+    transform = affine_transform(angle, rows, cols, flip, image.shape[0], image.shape[1])
+    out_image, out_mask = apply_transforms(image[np.newaxis], mask[np.newaxis], transform[np.newaxis])
+    return out_image[0], out_mask[0]
+
+
+def reference_warp(image: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """scipy's bilinear warp of one ``(H, W)`` channel: output pixel (x, y) reads (a0 x + a1 y + a2, b0 x + b1 y + b2)."""
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(np.float64)
+    a0, a1, a2, b0, b1, b2 = transform[:6]
+    x_in, y_in = a0 * cols + a1 * rows + a2, b0 * cols + b1 * rows + b2
+    return ndi.map_coordinates(image.astype(np.float64), [y_in, x_in], order=1, mode="grid-constant", cval=0.0)
 
 
 def test_identity():
@@ -45,30 +68,55 @@ def test_quarter_turn_about_the_centre():
     assert np.allclose(image[..., 0], np.rot90(square[..., 0], k=-1), atol=1e-4)
 
 
+def test_every_backend_warps_as_the_reference():
+    """Random rotations, shifts and flips of a random image: the backend's warp equals scipy's to float32 rounding."""
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 20, 24, 2)).astype(np.float32)
+    transforms = draw_transforms(5, range(6), Augmentation(rotation=10, shift=0.1, flip=True), 20, 24)
+    warped, _ = apply_transforms(images, np.zeros_like(images[..., :1]), transforms)
+    for sample in range(6):
+        for channel in range(2):
+            expected = reference_warp(images[sample, ..., channel], transforms[sample])
+            np.testing.assert_allclose(warped[sample, ..., channel], expected, atol=1e-5)
+
+
+def test_the_transforms_are_numpys_draws_from_the_seed():
+    """Hand-computed from sample_rng: four uniform draws per sample, in their order, whatever the backend."""
+    augmentation = Augmentation(rotation=10.0, shift=0.1, flip=True)
+    rng = sample_rng(7, TRAINING, 3)
+    angle, rows, cols = rng.uniform(-1.0, 1.0, size=3)
+    flip = rng.random() < 0.5
+    expected = affine_transform(angle * math.pi / 18, rows * 0.1 * 16, cols * 0.1 * 12, flip, 16, 12)
+    np.testing.assert_array_equal(draw_transforms(7, [3], augmentation, 16, 12)[0], expected)
+    other_stream = draw_transforms(7, [3], augmentation, 16, 12, stream=VALIDATION)
+    assert not np.array_equal(other_stream[0], expected)
+
+
 def test_image_and_mask_get_the_same_random_transform():
     rng = np.random.default_rng(1)
-    image = np.zeros((32, 32, 2), np.float32)
-    image[8:20, 10:26, :] = 1.0
-    image[..., 1] += rng.random((32, 32)) * 0.01
+    image = np.zeros((5, 32, 32, 2), np.float32)
+    image[:, 8:20, 10:26, :] = 1.0
+    image[..., 1] += rng.random((5, 32, 32)) * 0.01
     mask = image[..., :1].copy()
-    augmentation = Augmentation(rotation=10, shift=0.1, flip=True)
-    for index in range(5):
-        out_image, out_mask = random_transform(
-            tf.constant(image), tf.constant(mask), tf.constant([7, index]), augmentation
-        )
-        assert np.array_equal((out_image.numpy()[..., 0] >= 0.5), out_mask.numpy()[..., 0].astype(bool))
-        assert set(np.unique(out_mask.numpy())) <= {0.0, 1.0}
+    out_image, out_mask = random_transforms(image, mask, 7, range(5), Augmentation(rotation=10, shift=0.1, flip=True))
+    assert np.array_equal(out_image[..., 0] >= 0.5, out_mask[..., 0].astype(bool))
+    assert set(np.unique(out_mask)) <= {0.0, 1.0}
 
 
 def test_same_seed_same_transform_other_seed_other():
     augmentation = Augmentation()
-    image = tf.constant(np.random.default_rng(0).random((16, 16, 1)).astype(np.float32))
-    mask = tf.zeros((16, 16, 1))
-    a, _ = random_transform(image, mask, tf.constant([3, 4]), augmentation)
-    b, _ = random_transform(image, mask, tf.constant([3, 4]), augmentation)
-    c, _ = random_transform(image, mask, tf.constant([3, 5]), augmentation)
-    assert np.array_equal(a.numpy(), b.numpy())
-    assert not np.array_equal(a.numpy(), c.numpy())
+    image = np.random.default_rng(0).random((1, 16, 16, 1)).astype(np.float32)
+    mask = np.zeros((1, 16, 16, 1), np.float32)
+    a, _ = random_transforms(image, mask, 3, [4], augmentation)
+    b, _ = random_transforms(image, mask, 3, [4], augmentation)
+    c, _ = random_transforms(image, mask, 3, [5], augmentation)
+    d, _ = random_transforms(image, mask, 4, [4], augmentation)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_a_negative_seed_is_a_seed_too():
+    assert np.array_equal(draw_transforms(-1, [0], Augmentation(), 8, 8), draw_transforms(-1, [0], Augmentation(), 8, 8))
 
 
 @pytest.mark.parametrize("kwargs", [{"rotation": -1}, {"shift": 1.0}])
@@ -77,8 +125,17 @@ def test_bad_ranges(kwargs):
         Augmentation(**kwargs)
 
 
-def take(dataset, n):
-    return [tuple(t.numpy() for t in batch) for batch in dataset.take(n)]
+def take(stream, n):
+    return [stream[i] for i in range(n)]
+
+
+def test_the_stream_is_a_keras_dataset_of_numpy_batches():
+    images = np.zeros((5, 8, 8, 1), np.float32)
+    stream = training_dataset(images, images, 2, seed=0, augmentation=Augmentation(), epochs=3)
+    assert isinstance(stream, keras.utils.PyDataset) and len(stream) == 9  # 3 epochs of ceil(5 / 2)
+    assert all(isinstance(part, np.ndarray) and part.dtype == np.float32 for part in stream[0])
+    with pytest.raises(IndexError):
+        stream[9]
 
 
 def test_training_stream_follows_the_seed_and_can_be_switched_off():
@@ -89,8 +146,7 @@ def test_training_stream_follows_the_seed_and_can_be_switched_off():
     first = take(training_dataset(images, masks, 2, seed=11, augmentation=on, epochs=2), 6)
     again = take(training_dataset(images, masks, 2, seed=11, augmentation=on, epochs=2), 6)
     other = take(training_dataset(images, masks, 2, seed=12, augmentation=on, epochs=2), 6)
-    assert len(first) == 6  # 2 epochs of ceil(5 / 2) = 3 batches
-    assert [len(b[0]) for b in first] == [2, 2, 1, 2, 2, 1]
+    assert [len(b[0]) for b in first] == [2, 2, 1, 2, 2, 1]  # 2 epochs of ceil(5 / 2) = 3 batches
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(first, again, strict=True))
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(first, other, strict=True))
     off = take(training_dataset(images, masks, 5, seed=11, augmentation=None, epochs=1), 1)[0]
@@ -104,6 +160,8 @@ def test_each_epoch_has_its_own_order():
     orders = [tuple(b[0][:, 0, 0, 0]) for b in batches]
     assert all(sorted(o) == [0, 1, 2, 3, 4, 5] for o in orders)
     assert len(set(orders)) > 1
+    expected = sample_rng(0, 2, 1).permutation(6)  # epoch 1's order: the ORDER stream's draw for (seed 0, epoch 1)
+    assert orders[1] == tuple(float(i) for i in expected)
 
 
 def test_a_resumed_stream_continues_exactly():
@@ -111,7 +169,8 @@ def test_a_resumed_stream_continues_exactly():
     images = rng.random((5, 16, 16, 1)).astype(np.float32)
     masks = (images > 0.5).astype(np.float32)
     full = take(training_dataset(images, masks, 2, seed=3, augmentation=Augmentation(), epochs=4), 12)
-    resumed = take(training_dataset(images, masks, 2, seed=3, augmentation=Augmentation(), epochs=4, first_epoch=2), 6)
+    resumed_stream = training_dataset(images, masks, 2, seed=3, augmentation=Augmentation(), epochs=4, first_epoch=2)
+    resumed = take(resumed_stream, len(resumed_stream))
     assert len(resumed) == 6
     for x, y in zip(full[6:], resumed, strict=True):
         assert np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])

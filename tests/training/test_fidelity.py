@@ -126,7 +126,7 @@ def test_run_folders_written_before_the_studys_procedure_keep_theirs():
 
 def test_augmented_validation_is_a_function_of_seed_and_epoch():
     from common.training.augmentation import Augmentation
-    from common.training.trainer import augmented_validation_dataset
+    from common.training.stream import augmented_validation_dataset
 
     rng = np.random.default_rng(0)
     images = rng.random((3, 16, 16, 1)).astype("float32")
@@ -135,8 +135,12 @@ def test_augmented_validation_is_a_function_of_seed_and_epoch():
 
     def epochs(first, seed=4):
         stream = augmented_validation_dataset(images, masks, 2, seed, augmentation, epochs=3, first_epoch=first)
-        batches = [b[0].numpy() for b in stream]
-        return [np.concatenate(batches[i : i + 2]) for i in range(0, len(batches), 2)]  # 2 batches per epoch
+        seen = []
+        for epoch in range(first, 3):  # as FollowEpoch sets it when each training epoch begins
+            stream.epoch = epoch
+            assert len(stream) == 2  # one epoch: ceil(3 / 2) batches
+            seen.append(np.concatenate([b[0] for b in stream]))
+        return seen
 
     whole = epochs(0)
     assert len(whole) == 3 and all(e.shape == images.shape for e in whole)

@@ -8,6 +8,8 @@ import pytest
 
 from common.training.models import build_unet
 
+pytestmark = pytest.mark.backend  # CI runs this file on TensorFlow, JAX and PyTorch
+
 TINY = dict(depth=2, base_filters=4)
 
 

@@ -5,15 +5,14 @@ import json
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from helpers import SPEC, TINY, make_toy_root
+from helpers import SPEC, TINY, gradient, make_toy_root
 
 from common.data.prepared import PreparedCase
 from common.runs.folder import network_folder
 from common.runs.pipeline import run_task
 from common.spec import ConfigError, Settings
 from common.strategies import STRATEGIES, Network, strategy
-from common.training.augmentation import apply_transform
+from common.training.augmentation import apply_transforms
 from common.training.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
 from common.training.models import build_unet
 
@@ -102,12 +101,10 @@ def test_multi_head_loss_skips_missing_masks():
 
 def test_multi_head_loss_gives_no_gradient_to_a_missing_head():
     g = heads_targets(np.ones((1, 2, 2, 2)), [[1, 0]])
-    p = tf.Variable(np.full((1, 2, 2, 2), 0.3, np.float32))
+    p = np.full((1, 2, 2, 2), 0.3, np.float32)
     for loss in (MultiHeadLoss("dice"), MultiHeadLoss("dice+bce")):
-        with tf.GradientTape() as tape:
-            value = loss(g, p)
-        gradient = tape.gradient(value, p).numpy()
-        assert np.all(gradient[..., 1] == 0) and np.all(gradient[..., 0] < 0)
+        grad = gradient(lambda v, loss=loss: loss(g, v), p)
+        assert np.all(grad[..., 1] == 0) and np.all(grad[..., 0] < 0)
 
 
 def test_multi_head_loss_refuses_wrong_targets():
@@ -156,20 +153,17 @@ def test_soft_label_loss_hand_computed():
 def test_soft_label_loss_has_no_gradient_at_the_target():
     """A graded, non-uniform target: both terms are stationary at p = g, pixel by pixel."""
     g = np.array([0.0, 1 / 3, 2 / 3, 1.0, 0.5, 0.2], np.float32).reshape(1, 2, 3, 1)
-    p = tf.Variable(np.clip(g, 1e-3, 1 - 1e-3))
-    with tf.GradientTape() as tape:
-        value = SoftLabelLoss(bce_weight=1)(g, p)
-    grad = tape.gradient(value, p).numpy().ravel()
+    grad = gradient(lambda v: SoftLabelLoss(bce_weight=1)(g, v), np.clip(g, 1e-3, 1 - 1e-3)).ravel()
     inner = (g.ravel() > 0) & (g.ravel() < 1)  # at 0 and 1 the clip moves p off the target
     assert np.abs(grad[inner]).max() < 1e-4
 
 
 def test_soft_targets_survive_augmentation():
-    image = tf.zeros((4, 4, 1))
-    soft = tf.fill((4, 4, 1), 0.5)
-    identity = tf.constant([1, 0, 0, 0, 1, 0, 0, 0], tf.float32)
-    assert np.allclose(apply_transform(image, soft, identity, binary=False)[1].numpy(), 0.5)
-    assert np.allclose(apply_transform(image, soft, identity)[1].numpy(), 1.0)  # binary: >= 0.5
+    image = np.zeros((1, 4, 4, 1), np.float32)
+    soft = np.full((1, 4, 4, 1), 0.5, np.float32)
+    identity = np.array([[1, 0, 0, 0, 1, 0, 0, 0]], np.float32)
+    assert np.allclose(apply_transforms(image, soft, identity, binary=False)[1], 0.5)
+    assert np.allclose(apply_transforms(image, soft, identity)[1], 1.0)  # binary: >= 0.5
 
 
 def test_heads_share_all_but_the_last_layer():
