@@ -145,14 +145,14 @@ def add_run_options(group, spec: DatasetSpec) -> None:
     group.add_argument(
         "--deterministic",
         action="store_true",
-        help="TensorFlow op determinism: same seed, same weights on the same machine (slower)",
+        help="the backend's deterministic kernels: same seed, same weights on the same machine (slower)",
     )
     group.add_argument(
         "--distribute",
         choices=DISTRIBUTE_CHOICES,
         default="none",
-        help="mirrored: each network on all local GPUs (tf.distribute.MirroredStrategy); --batch-size is the "
-        "global batch, a multiple of the replicas; a runtime option, not a setting (default: none)",
+        help="mirrored: each network on all local GPUs (tf.distribute.MirroredStrategy; the TensorFlow backend "
+        "only); --batch-size is the global batch, a multiple of the replicas; a runtime option (default: none)",
     )
     group.add_argument(
         "--checkpoint-every",
@@ -162,7 +162,9 @@ def add_run_options(group, spec: DatasetSpec) -> None:
         help="least time between two checkpoints of a training (best model and resume backup); "
         "0: after every epoch (default: 30)",
     )
-    group.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs into the run folder")
+    group.add_argument(
+        "--tensorboard", action="store_true", help="write TensorBoard logs into the run folder (needs TensorFlow)"
+    )
     group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     group.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
 

@@ -38,7 +38,7 @@ class RunOptions:
     out: Path | None = None  # the run folder (default: runs/<dataset>-task<T>-<time>)
     resume: bool = False  # out is an interrupted run folder: continue it
     predict_test: bool = False  # also predict the official test cases
-    deterministic: bool = False  # TensorFlow's deterministic kernels
+    deterministic: bool = False  # the backend's deterministic kernels
     tensorboard: bool = False  # TensorBoard logs under tensorboard/
     plots: bool = True  # the PNG plots
     verbose: int = 2  # Keras's progress output (0: none)

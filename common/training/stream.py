@@ -67,21 +67,23 @@ class EpochStream(keras.utils.PyDataset):
         augmentation: Augmentation | None,
         epochs: int,
         first_epoch: int,
-        per_epoch: int,
-        shuffle: bool,
+        shuffled: int | None,
         stream: int,
         available: np.ndarray | None = None,
         binary: bool = True,
-        take: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
+        padding: tuple[np.ndarray, np.ndarray | None] | None = None,
     ):
+        """``shuffled``: the images of each epoch's shuffled order (None: every image of ``padding``'s
+        ``take``, in that order, with its sample ``weights``; see :func:`validation_padding`)."""
         super().__init__()
         self.images, self.masks, self.available = images, masks, available
         self.batch_size, self.seed, self.binary = batch_size, seed, binary
         self.augmentation = None if augmentation is None or augmentation.is_identity else augmentation
-        self.first_epoch, self.epochs, self.per_epoch = first_epoch, epochs, per_epoch
-        self.shuffle, self.stream, self.take, self.weights = shuffle, stream, take, weights
-        self.steps = math.ceil(per_epoch / batch_size)
+        self.first_epoch, self.epochs, self.stream = first_epoch, epochs, stream
+        self.shuffle = shuffled is not None
+        self.take, self.weights = padding if padding is not None else (None, None)
+        self.per_epoch = shuffled if shuffled is not None else len(self.take)
+        self.steps = math.ceil(self.per_epoch / batch_size)
         self._epoch: tuple[int, np.ndarray] | None = None
         #: None: the stream spans its epochs. An epoch number: the stream is that one epoch's batches
         #: (the augmented validation, whose epoch :class:`FollowEpoch` sets; see there).
@@ -95,11 +97,10 @@ class EpochStream(keras.utils.PyDataset):
     def order(self, epoch: int) -> np.ndarray:
         """The images of ``epoch``, in the order they are visited (cached for the epoch being read)."""
         if self._epoch is None or self._epoch[0] != epoch:
-            count = len(self.images)
             if self.shuffle:
-                indices = sample_rng(self.seed, ORDER, epoch).permutation(count)[: self.per_epoch]
+                indices = sample_rng(self.seed, ORDER, epoch).permutation(len(self.images))[: self.per_epoch]
             else:
-                indices = np.asarray(self.take if self.take is not None else np.arange(count))
+                indices = np.asarray(self.take)
             self._epoch = (epoch, indices)
         return self._epoch[1]
 
@@ -182,8 +183,7 @@ def training_dataset(
         augmentation,
         epochs,
         first_epoch,
-        per_epoch=epoch_images(len(images), replicas),
-        shuffle=True,
+        shuffled=epoch_images(len(images), replicas),
         stream=TRAINING,
         available=available,
         binary=binary,
@@ -212,7 +212,6 @@ def augmented_validation_dataset(
     (``ceil(padded / batch_size)``), of the epoch :class:`FollowEpoch` sets (``first_epoch`` until then).
     Padding for several replicas is as in :func:`evaluation_data`.
     """
-    take, weights = validation_padding(len(images), replicas)
     stream = EpochStream(
         images,
         masks,
@@ -221,13 +220,11 @@ def augmented_validation_dataset(
         augmentation,
         epochs,
         first_epoch,
-        per_epoch=len(take),
-        shuffle=False,
+        shuffled=None,
         stream=VALIDATION,
         available=available,
         binary=binary,
-        take=take,
-        weights=weights,
+        padding=validation_padding(len(images), replicas),
     )
     stream.epoch = first_epoch
     return stream

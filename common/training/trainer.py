@@ -33,8 +33,8 @@ from common.data.cases import DataError
 from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
 from common.strategies import strategy
-from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
 from common.training import backend
+from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
 from common.training.augmentation import Augmentation
 from common.training.files import NetworkFiles
 from common.training.models import build_unet

@@ -94,7 +94,8 @@ def test_a_pooled_network_predicts_what_its_saved_file_does(tmp_path):
 def test_tensorflow_only_options_are_refused_on_other_backends(monkeypatch, other):
     monkeypatch.setenv("KERAS_BACKEND", other)
     monkeypatch.setattr(backend.importlib.util, "find_spec", lambda name: object() if name == other else None)
-    with pytest.raises(ConfigError, match=f"--distribute mirrored is TensorFlow's MirroredStrategy.*KERAS_BACKEND={other}"):
+    refusal = f"--distribute mirrored is TensorFlow's MirroredStrategy.*KERAS_BACKEND={other}"
+    with pytest.raises(ConfigError, match=refusal):
         backend.check_options(distribute="mirrored")
     with pytest.raises(ConfigError, match="--tensorboard writes through TensorFlow's tf.summary"):
         backend.check_options(tensorboard=True)
