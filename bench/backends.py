@@ -136,8 +136,12 @@ def matmul_peak(n: int, dtype: str, repeats: int = 10) -> dict:
     return {"n": n, "dtype": dtype, "repeats": repeats, "tflops": 2.0 * n**3 * repeats / seconds / 1e12}
 
 
-def measure(settings, images: int, steps: int, repeats: int, jit: bool = False, policy: str = "float32") -> dict:
+def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str = "float32") -> dict:
     """Training images/s of ``settings``' network fed by the project's stream, over ``repeats`` fits of ``steps``.
+
+    The stream holds ``steps * batch`` random images, so each fit reads exactly one of its epochs: a fit
+    asked for more steps than an epoch has would run out (a ``tf.data`` stream: fewer steps done than
+    counted) or restart (a ``PyDataset``: more work), and the two would not compare.
 
     A warm-up fit of ``steps`` steps first (it traces or compiles the step); each timed fit's wall time
     includes its start and end (the stream's first batch, the epoch's end), as a training's epochs do.
@@ -149,9 +153,10 @@ def measure(settings, images: int, steps: int, repeats: int, jit: bool = False, 
 
     rng = np.random.default_rng(0)
     size = settings.input_size
+    batch = settings.batch_size
+    images = steps * batch  # one epoch of the stream is exactly the fit's steps: it neither runs out nor restarts
     x = rng.random((images, size, size, 1)).astype(np.float32)
     y = (rng.random((images, size, size, 1)) > 0.5).astype(np.float32)
-    batch = settings.batch_size
     keras.utils.set_random_seed(0)
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy(policy)
@@ -214,7 +219,7 @@ def worker(args) -> None:
     settings = demo_settings(args.size)
     if args.batch:
         settings = settings.replace(batch_size=args.batch)
-    result = measure(settings, images=args.images, steps=args.steps, repeats=args.segments)
+    result = measure(settings, steps=args.steps, repeats=args.segments)
     import keras
 
     result.update(backend=backend_name(), keras=keras.__version__, tree=args.tree)
@@ -239,7 +244,6 @@ def compare(args) -> dict:
             command = [
                 variant["python"], str(Path(__file__).resolve()), "worker", "--tree", variant["tree"],
                 "--size", str(args.size), "--steps", str(args.steps), "--segments", str(args.segments),
-                "--images", str(args.images),
             ] + (["--batch", str(args.batch)] if args.batch else [])  # fmt: skip
             env = {**os.environ, "KERAS_BACKEND": variant["backend"], "PYTHONPATH": variant["tree"]}
             started = time.perf_counter()
@@ -351,7 +355,7 @@ def gpu_check(args) -> dict:
                 if args.dry_run:
                     settings = settings.replace(depth=2, base_filters=4)
                 try:
-                    result = measure(settings, max(4, 2 * batch), steps, repeats, jit=jit, policy=policy)
+                    result = measure(settings, steps, repeats, jit=jit, policy=policy)
                 except Exception as error:  # noqa: BLE001 - one failed configuration must not cost the others
                     result = {"error": f"{type(error).__name__}: {str(error)[:500]}"}
                 result.update(config=label, way=way)
@@ -434,7 +438,6 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--batch", type=int)
     one.add_argument("--steps", type=int, default=24)
     one.add_argument("--segments", type=int, default=3)
-    one.add_argument("--images", type=int, default=16)
     side = commands.add_parser("compare", help="backends (and trees) side by side, interleaved repeats")
     side.add_argument(
         "--variant", action="append", required=True, help="NAME=PYTHON[@TREE]; NAME starts with the backend"
@@ -444,7 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     side.add_argument("--batch", type=int)
     side.add_argument("--steps", type=int, default=24)
     side.add_argument("--segments", type=int, default=3)
-    side.add_argument("--images", type=int, default=16)
     side.add_argument("--out", type=Path)
     gpu = commands.add_parser("gpu", help="the GPU check (bench/gpu_check.sh)")
     gpu.add_argument("--dry-run", action="store_true", help="tiny sizes, on any machine, in seconds")
