@@ -21,7 +21,7 @@ def test_gpu_check_dry_run(demo_root, tmp_path):
     }
     done = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = json.loads((tmp_path / "gpu_check.json").read_text())
