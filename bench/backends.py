@@ -237,6 +237,8 @@ def parse_variant(text: str) -> dict:
 
 
 def compare(args) -> dict:
+    from bench.benchmark import cpu_info  # the benchmark's reading of the CPU: model, flags, cores
+
     variants = [parse_variant(v) for v in args.variant]
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
     for repeat in range(args.repeats):
@@ -261,21 +263,11 @@ def compare(args) -> dict:
             )
     return {
         "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "processor": _cpu_model(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), **cpu_info()},
         "variants": variants,
         "runs": runs,
         "summary": {name: _summary(results) for name, results in runs.items()},
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _summary(results: list[dict]) -> dict:
@@ -288,7 +280,8 @@ def compare_markdown(report: dict) -> str:
     reference = report["summary"][first]["median"]
     lines = [
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs, {report['machine']['platform']}",
+        f"Machine: {report['machine']['model']}, {report['machine']['logical_cores']} CPUs, "
+        f"{report['machine']['platform']}",
         "",
         f"| variant | backend | images/s (median of repeats) | range | vs {first} | warm-up s (median) |",
         "|---|---|---|---|---|---|",
@@ -463,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         worker(args)
     elif args.command == "compare":
+        sys.path[:0] = [str(ROOT)]
         report = compare(args)
         text = compare_markdown(report)
         print(text)
