@@ -171,13 +171,15 @@ def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str =
 
     flops = count_flops(model)["forward_flops"]
     augmentation = training.augmentation_of(settings)
+    # What the trainer gives model.fit; an older tree (--tree) has no fit_input: its stream was tf.data itself.
+    fit_input = getattr(training, "fit_input", lambda stream: stream)
 
     def fit(epochs_seen: int) -> float:
         stream = training.training_dataset(
             x, y, batch, 0, augmentation, epochs=epochs_seen + 1, first_epoch=epochs_seen
         )
         started = time.perf_counter()
-        model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        model.fit(fit_input(stream), steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
         return time.perf_counter() - started
 
     reset_peak_memory()

@@ -100,31 +100,38 @@ def draw_transforms(
     )
 
 
-def apply_transforms(
-    images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, binary: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def warp(images, masks, transforms, binary: bool = True):
     """Warp ``images (N, H, W, C)`` and ``masks (N, H, W, K)`` with one ``transforms (N, 8)`` row per sample.
 
-    One ``keras.ops.image.affine_transform`` call on the two stacked, on the backend in use. A
-    ``binary`` mask is re-binarised at 0.5 after the bilinear warp; a soft target (the mean expert mask
-    of the soft-label strategy) keeps its interpolated values. Returns numpy arrays of the inputs' dtypes.
+    One ``keras.ops.image.affine_transform`` call on the two stacked, on the backend in use; the inputs
+    may be numpy arrays or the backend's tensors (TensorFlow's inside a ``tf.data`` map, see
+    :func:`common.training.stream.fit_input`), and so are the results. A ``binary`` mask is re-binarised at
+    0.5 after the bilinear warp; a soft target (the mean expert mask of the soft-label strategy) keeps its
+    interpolated values. The results have the inputs' dtypes.
     """
+    ops = keras.ops
     channels = images.shape[-1]
-    stacked = np.concatenate([images, masks.astype(images.dtype)], axis=-1)
-    warped = keras.ops.convert_to_numpy(
-        keras.ops.image.affine_transform(
-            stacked,
-            np.asarray(transforms, np.float32),
-            interpolation="bilinear",
-            fill_mode="constant",
-            fill_value=0.0,
-            data_format="channels_last",
-        )
+    stacked = ops.concatenate([images, ops.cast(masks, images.dtype)], axis=-1)
+    warped = ops.image.affine_transform(
+        stacked,
+        ops.cast(transforms, "float32"),
+        interpolation="bilinear",
+        fill_mode="constant",
+        fill_value=0.0,
+        data_format="channels_last",
     )
     warped_masks = warped[..., channels:]
     if binary:
-        warped_masks = warped_masks >= 0.5
-    return warped[..., :channels].astype(images.dtype, copy=False), warped_masks.astype(masks.dtype)
+        warped_masks = ops.greater_equal(warped_masks, 0.5)
+    return ops.cast(warped[..., :channels], images.dtype), ops.cast(warped_masks, masks.dtype)
+
+
+def apply_transforms(
+    images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, binary: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`warp` on numpy arrays, returning numpy arrays of the inputs' dtypes."""
+    warped_images, warped_masks = warp(images, masks, np.asarray(transforms, np.float32), binary)
+    return keras.ops.convert_to_numpy(warped_images), keras.ops.convert_to_numpy(warped_masks)
 
 
 def random_transforms(

@@ -6,8 +6,13 @@ the stream is a function of the seed and the epoch alone, so a resumed training 
 batches an uninterrupted one would have seen, on whichever backend it runs. The stream is one
 ``keras.utils.PyDataset`` over every remaining epoch, read by ``model.fit`` with
 ``steps_per_epoch = ceil(N / batch_size)`` (the last batch of an epoch may be smaller); Keras keeps one
-iterator across the epochs when ``steps_per_epoch`` is given. On TensorFlow, Keras runs it through
-``tf.data`` with prefetching, so a batch is augmented while the previous one trains.
+iterator across the epochs when ``steps_per_epoch`` is given.
+
+What ``model.fit`` reads is :func:`fit_input` of the stream: on JAX and PyTorch the ``PyDataset`` itself;
+on TensorFlow the same batches as an in-graph ``tf.data`` pipeline (the order and the transforms drawn
+by numpy once per epoch, the gather and the warp in the graph, prefetched), because Keras would feed a
+``PyDataset`` to TensorFlow through a Python generator thread, one interpreter call per batch, which
+cost a third of the training throughput on two busy cores (``bench/backends.py compare``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ import math
 import keras
 import numpy as np
 
-from common.training.augmentation import ORDER, TRAINING, VALIDATION, Augmentation, random_transforms, sample_rng
+from common.training import backend
+from common.training.augmentation import (
+    ORDER,
+    TRAINING,
+    VALIDATION,
+    Augmentation,
+    apply_transforms,
+    draw_transforms,
+    sample_rng,
+    warp,
+)
 
 
 def epoch_images(count: int, replicas: int = 1) -> int:
@@ -112,6 +127,11 @@ class EpochStream(keras.utils.PyDataset):
             return epoch * count + np.arange(self.per_epoch)[rows]
         return epoch * count + self.order(epoch)[rows]
 
+    def transforms(self, epoch: int, rows: slice) -> np.ndarray:
+        """The warps ``(n, 8)`` of ``rows`` of ``epoch`` (:func:`draw_transforms`); the stream must augment."""
+        height, width = self.images.shape[1:3]
+        return draw_transforms(self.seed, self.positions(epoch, rows), self.augmentation, height, width, self.stream)
+
     def __getitem__(self, item: int):
         if not 0 <= item < len(self):
             raise IndexError(f"batch {item} of a stream of {len(self)}")
@@ -123,9 +143,7 @@ class EpochStream(keras.utils.PyDataset):
         index = self.order(epoch)[rows]
         images, masks = self.images[index], self.masks[index]
         if self.augmentation is not None:
-            images, masks = random_transforms(
-                images, masks, self.seed, self.positions(epoch, rows), self.augmentation, self.binary, self.stream
-            )
+            images, masks = apply_transforms(images, masks, self.transforms(epoch, rows), self.binary)
         if self.available is not None:
             masks = with_availability(masks, self.available[index])
         if self.weights is not None:
@@ -149,6 +167,68 @@ class FollowEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.stream.epoch = epoch
+
+
+def fit_input(data):
+    """What ``model.fit`` reads for ``data``: an :class:`EpochStream` as a ``tf.data`` pipeline of the same
+    batches on TensorFlow (see the module's docstring), anything else (the stream on JAX and PyTorch, numpy
+    arrays, a benchmark's own stream) as it is."""
+    if isinstance(data, EpochStream) and backend.name() == "tensorflow":
+        return tf_batches(data)
+    return data
+
+
+def tf_batches(stream: EpochStream):
+    """``stream``'s batches as a ``tf.data.Dataset`` (TensorFlow only), equal to ``stream[k]`` batch by batch.
+
+    numpy draws each epoch's order and transforms (one ``tf.numpy_function`` call per epoch, with
+    :meth:`EpochStream.order` and :meth:`EpochStream.transforms`, so the numbers are the stream's own);
+    the images are gathered and warped by :func:`common.training.augmentation.warp` in the graph, a batch
+    at a time in parallel, in order, and prefetched. An epoch-by-epoch stream (the augmented validation)
+    reads its :attr:`EpochStream.epoch` when Keras starts reading it, as the ``PyDataset`` does.
+    """
+    import tensorflow as tf
+
+    images, masks = tf.constant(stream.images), tf.constant(stream.masks)
+    available = None if stream.available is None else tf.constant(stream.available)
+    weights = None if stream.weights is None else tf.constant(stream.weights)
+
+    def plan(epoch):
+        epoch = int(epoch) if stream.epoch is None else stream.epoch
+        index = stream.order(epoch).astype(np.int64)
+        if stream.augmentation is None:
+            return index, np.zeros((len(index), 8), np.float32)
+        return index, stream.transforms(epoch, slice(None))
+
+    def one_epoch(epoch):
+        index, transforms = tf.numpy_function(plan, [epoch], (tf.int64, tf.float32), stateful=True)
+        index.set_shape([stream.per_epoch])
+        transforms.set_shape([stream.per_epoch, 8])
+        rows = tf.range(stream.per_epoch, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((index, transforms, rows)).batch(stream.batch_size)
+
+    def batch(index, transforms, rows):
+        x, y = tf.gather(images, index), tf.gather(masks, index)
+        if stream.augmentation is not None:
+            x, y = warp(x, y, transforms, stream.binary)
+        if available is not None:
+            flags = tf.cast(tf.gather(available, index), y.dtype)[:, tf.newaxis, tf.newaxis, :]
+            y = tf.concat([y, tf.broadcast_to(flags, tf.shape(y))], axis=-1)  # as with_availability
+        if weights is not None:
+            return x, y, tf.gather(weights, rows)
+        return x, y
+
+    if stream.epoch is None:
+        epochs = tf.data.Dataset.range(stream.first_epoch, max(stream.first_epoch, stream.epochs))
+    else:  # one epoch, the one plan() reads when Keras starts reading the stream
+        epochs = tf.data.Dataset.range(1)
+    return (
+        epochs.flat_map(one_epoch)
+        .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+        # flat_map hides the count; Keras needs it to read a validation stream without running it dry.
+        .apply(tf.data.experimental.assert_cardinality(len(stream)))
+    )
 
 
 def training_dataset(

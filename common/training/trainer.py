@@ -43,6 +43,7 @@ from common.training.stream import (
     augmented_validation_dataset,
     epoch_images,
     evaluation_data,
+    fit_input,
     training_dataset,
     with_availability,
 )
@@ -626,11 +627,11 @@ class Trainer:
                 validation, validation_available, settings, seed, augmentation, first_epoch, binary, replicas
             )
             model.fit(
-                stream,
+                fit_input(stream),
                 steps_per_epoch=math.ceil(epoch_images(len(train[0]), replicas) / settings.batch_size),
                 epochs=settings.epochs,
                 initial_epoch=first_epoch,
-                validation_data=validation_data,
+                validation_data=fit_input(validation_data),
                 validation_batch_size=settings.batch_size,
                 callbacks=followers + callbacks,
                 shuffle=False,  # the stream is shuffled by itself, from the seed

@@ -175,3 +175,75 @@ def test_a_resumed_stream_continues_exactly():
     assert len(resumed) == 6
     for x, y in zip(full[6:], resumed, strict=True):
         assert np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
+
+
+def as_list(dataset):
+    return list(dataset.as_numpy_iterator())
+
+
+def assert_same_batches(stream, batches):
+    assert len(batches) == len(stream)
+    for k, batch in enumerate(batches):
+        expected = stream[k]
+        assert len(batch) == len(expected)
+        for got, want in zip(batch, expected, strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the tf.data feed is TensorFlow's")
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"augmentation": None},
+        {"binary": False},
+        {"replicas": 2},  # each epoch leaves out N mod 2 images
+        {"available": np.array([[1, 0], [1, 1], [0, 1], [1, 1], [1, 0], [1, 1], [0, 1]], np.float32)},
+    ],
+    ids=["plain", "no-augmentation", "soft", "replicas", "multi-head"],
+)
+def test_the_tensorflow_feed_is_the_stream_batch_by_batch(kwargs):
+    """On TensorFlow ``model.fit`` reads :func:`fit_input`'s ``tf.data`` pipeline, not the PyDataset:
+    the same order, transforms and warps, so the same batches bit for bit, across epochs and a resume."""
+    from common.training.stream import fit_input
+
+    rng = np.random.default_rng(4)
+    images = rng.random((7, 12, 10, 1)).astype(np.float32)
+    masks = (rng.random((7, 12, 10, 2)) > 0.5).astype(np.float32)
+    settings = {"augmentation": Augmentation(), **kwargs}
+    stream = training_dataset(images, masks, 3, seed=9, epochs=4, first_epoch=1, **settings)
+    assert_same_batches(stream, as_list(fit_input(stream)))
+
+
+@tensorflow_only
+def test_the_tensorflow_feed_of_the_augmented_validation_follows_its_epoch():
+    """The augmented validation is one epoch's batches, of the epoch ``FollowEpoch`` sets before Keras
+    reads it anew; its padding for two replicas comes with the sample weights."""
+    from common.training.stream import augmented_validation_dataset, fit_input
+
+    rng = np.random.default_rng(5)
+    images = rng.random((5, 12, 12, 1)).astype(np.float32)
+    masks = (images > 0.5).astype(np.float32)
+    stream = augmented_validation_dataset(images, masks, 2, 3, Augmentation(), epochs=4, first_epoch=1, replicas=2)
+    feed = fit_input(stream)
+    epochs = {}
+    for epoch in (1, 3, 2):
+        stream.epoch = epoch
+        epochs[epoch] = as_list(feed)
+        assert_same_batches(stream, epochs[epoch])
+    assert len(epochs[1][0]) == 3  # images, masks and the sample weights of the padded evaluation
+    assert not np.array_equal(epochs[1][0][0], epochs[3][0][0])
+
+
+def test_fit_input_passes_anything_else_through():
+    from common.training.stream import fit_input
+
+    arrays = (np.zeros((2, 4, 4, 1)), np.zeros((2, 4, 4, 1)))
+    assert fit_input(arrays) is arrays
+    stream = training_dataset(arrays[0], arrays[1], 2, seed=0, augmentation=None, epochs=1)
+    fed = fit_input(stream)
+    assert (fed is stream) == (keras.backend.backend() != "tensorflow")
