@@ -10,9 +10,10 @@ iterator across the epochs when ``steps_per_epoch`` is given.
 
 What ``model.fit`` reads is :func:`fit_input` of the stream: on JAX and PyTorch the ``PyDataset`` itself;
 on TensorFlow the same batches as an in-graph ``tf.data`` pipeline (the order and the transforms drawn
-by numpy once per epoch, the gather and the warp in the graph, prefetched), because Keras would feed a
-``PyDataset`` to TensorFlow through a Python generator thread, one interpreter call per batch, which
-cost a third of the training throughput on two busy cores (``bench/backends.py compare``).
+by numpy once per epoch, the gather and the warp in the graph, prefetched), because Keras feeds a
+``PyDataset`` to TensorFlow through a Python generator thread, one interpreter call per batch, and that
+halved the demo network's training throughput on a 2-core CPU (``bench/backends.py compare``,
+``docs/performance.md``).
 """
 
 from __future__ import annotations
