@@ -442,11 +442,13 @@ def timed_fit(model, data, steps: int, keras) -> dict:
 
 
 def tfdata_stream(arrays: dict, batch: int, steps: int, settings, seed: int = 0):
-    from common.training.trainer import augmentation_of, training_dataset
+    """The project's training stream as the trainer gives it to ``model.fit`` (``fit_input``: ``tf.data``)."""
+    from common.training.trainer import augmentation_of, fit_input, training_dataset
 
     count = len(arrays["images"])
     epochs = math.ceil(steps * batch / count) + 1
-    return training_dataset(arrays["images"], arrays["masks"], batch, seed, augmentation_of(settings), epochs=epochs)
+    stream = training_dataset(arrays["images"], arrays["masks"], batch, seed, augmentation_of(settings), epochs=epochs)
+    return fit_input(stream)
 
 
 def generator_stream(arrays: dict, batch: int, settings, seed: int = 0, prefetch: bool = False):
