@@ -132,17 +132,3 @@ def apply_transforms(
     """:func:`warp` on numpy arrays, returning numpy arrays of the inputs' dtypes."""
     warped_images, warped_masks = warp(images, masks, np.asarray(transforms, np.float32), binary)
     return keras.ops.convert_to_numpy(warped_images), keras.ops.convert_to_numpy(warped_masks)
-
-
-def random_transforms(
-    images: np.ndarray,
-    masks: np.ndarray,
-    seed: int,
-    positions,
-    augmentation: Augmentation,
-    binary: bool = True,
-    stream: int = TRAINING,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw each sample's transform from ``(seed, stream, position)`` and apply it to its image and mask."""
-    transforms = draw_transforms(seed, positions, augmentation, images.shape[1], images.shape[2], stream)
-    return apply_transforms(images, masks, transforms, binary)

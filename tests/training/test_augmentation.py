@@ -19,7 +19,6 @@ from common.training.augmentation import (
     affine_transform,
     apply_transforms,
     draw_transforms,
-    random_transforms,
     sample_rng,
 )
 from common.training.stream import training_dataset
@@ -90,6 +89,12 @@ def test_the_transforms_are_numpys_draws_from_the_seed():
     np.testing.assert_array_equal(draw_transforms(7, [3], augmentation, 16, 12)[0], expected)
     other_stream = draw_transforms(7, [3], augmentation, 16, 12, stream=VALIDATION)
     assert not np.array_equal(other_stream[0], expected)
+
+
+def random_transforms(images, masks, seed, positions, augmentation):
+    """Each sample's transform drawn from ``(seed, TRAINING, position)`` and applied, as the stream does."""
+    transforms = draw_transforms(seed, positions, augmentation, images.shape[1], images.shape[2])
+    return apply_transforms(images, masks, transforms)
 
 
 def test_image_and_mask_get_the_same_random_transform():
