@@ -21,7 +21,7 @@ from common.training.augmentation import (
     draw_transforms,
     sample_rng,
 )
-from common.training.stream import training_dataset
+from common.training.stream import augmented_validation_dataset, fit_input, training_dataset
 
 pytestmark = pytest.mark.backend
 
@@ -214,8 +214,6 @@ tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow", re
 def test_the_tensorflow_feed_is_the_stream_batch_by_batch(kwargs):
     """On TensorFlow ``model.fit`` reads :func:`fit_input`'s ``tf.data`` pipeline, not the PyDataset:
     the same order, transforms and warps, so the same batches bit for bit, across epochs and a resume."""
-    from common.training.stream import fit_input
-
     rng = np.random.default_rng(4)
     images = rng.random((7, 12, 10, 1)).astype(np.float32)
     masks = (rng.random((7, 12, 10, 2)) > 0.5).astype(np.float32)
@@ -228,8 +226,6 @@ def test_the_tensorflow_feed_is_the_stream_batch_by_batch(kwargs):
 def test_the_tensorflow_feed_of_the_augmented_validation_follows_its_epoch():
     """The augmented validation is one epoch's batches, of the epoch ``FollowEpoch`` sets before Keras
     reads it anew; its padding for two replicas comes with the sample weights."""
-    from common.training.stream import augmented_validation_dataset, fit_input
-
     rng = np.random.default_rng(5)
     images = rng.random((5, 12, 12, 1)).astype(np.float32)
     masks = (images > 0.5).astype(np.float32)
@@ -245,8 +241,6 @@ def test_the_tensorflow_feed_of_the_augmented_validation_follows_its_epoch():
 
 
 def test_fit_input_passes_anything_else_through():
-    from common.training.stream import fit_input
-
     arrays = (np.zeros((2, 4, 4, 1)), np.zeros((2, 4, 4, 1)))
     assert fit_input(arrays) is arrays
     stream = training_dataset(arrays[0], arrays[1], 2, seed=0, augmentation=None, epochs=1)
