@@ -892,6 +892,7 @@ def worker_experts(job: dict) -> dict:
     start_tensorflow()
     from common.runs.folder import network_files
     from common.training import trainer as training
+    from common.training.inference import Predictor
 
     training.NETWORKS.enabled = job["pool"]
     arrays = load_kidney(job["data_root"], 128)
@@ -912,7 +913,8 @@ def worker_experts(job: dict) -> dict:
             log=lambda _: None,
         )
         t1 = time.perf_counter()
-        training.predict(result.model_path, images, settings.batch_size, settings)
+        predictor = Predictor(settings.batch_size)
+        predictor.predict(predictor.load(result.model_path), images)
         t2 = time.perf_counter()
         rows.append({"network": number, "train_s": t1 - t0, "predict_s": t2 - t1, "rss_mb_after": rss_now_mb()})
     return {"pool": job["pool"], "epochs": job["epochs"], "networks": rows, "reused": training.NETWORKS.reused}
@@ -1838,8 +1840,8 @@ def experts_section(state: dict) -> list[str]:
         f"{data['networks']} kidney demo networks (ConvLSTM, depth 4, 8 filters, 128 px, batch 2) trained one after "
         f"another in one process, {data['epochs']} epoch(s) each on 12 training and 4 validation cases, each with "
         "its own seed, through `common.training.trainer.train_expert` (the first step's tracing included), then "
-        "`common.training.trainer.predict` of 16 cases from the saved model; once with a new network built for each "
-        "(`NETWORKS.enabled = False`, `keras.backend.clear_session()` after each), once with the pooled network "
+        "`common.training.inference.Predictor` of 16 cases from the saved model; once with a new network built for "
+        "each (`NETWORKS.enabled = False`, `keras.backend.clear_session()` after each), once with the pooled network "
         "(`common.training.trainer.NetworkPool`). Seconds and resident memory (MiB) after each network.",
         "",
     ]

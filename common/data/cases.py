@@ -304,6 +304,16 @@ def discover_cases(root: Path, dataset: str, split: str, *, release: str | None 
             names = sorted(p.name for p in folder.parent.iterdir() if p.is_dir())
             holds = f"; {folder.parent} holds {', '.join(names) if names else 'no folder'}"
         raise DataError(f"no {split} data for {dataset}: folder {folder} does not exist{holds}")
+    return cases_in_folder(folder, split)
+
+
+def cases_in_folder(folder: Path, split: str) -> list[Case]:
+    """Every case folder (a folder holding ``image.nii.gz``) under ``folder``, sorted by case id.
+
+    The walk of :func:`discover_cases` once its dataset folder is known; also how ``python -m
+    common.predict`` reads a split or dataset folder given as its input. Raises and warns as
+    :func:`discover_cases` does.
+    """
     cases: dict[str, Case] = {}
     orphans = []
     for path, files in _walk(folder):

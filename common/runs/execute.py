@@ -49,12 +49,16 @@ def prepared_cases(plan: Plan) -> dict[str, list[PreparedCase]]:
     return cases
 
 
-def execute(plan: Plan, run_dir: Path, runlog: RunLog, options: RunOptions, train: Callable | None = None) -> list[str]:
+def execute(
+    plan: Plan, run_dir: Path, runlog: RunLog, options: RunOptions, train: Callable | None = None, predictor=None
+) -> list[str]:
     """Train and predict the plan's selected networks that are not complete; return the names trained.
 
     ``train`` is the function that trains one network (default
     :func:`common.training.trainer.train_expert`, with its signature): the seam through which the
-    benchmark's study-style baseline plugs in.
+    benchmark's study-style baseline plugs in. ``predictor`` writes the maps
+    (:class:`common.training.inference.Predictor`; default: one at the run's batch size, without
+    test-time augmentation, so that the run's maps are its networks' plain outputs).
     """
     started = time.perf_counter()
     todo = []
@@ -68,8 +72,10 @@ def execute(plan: Plan, run_dir: Path, runlog: RunLog, options: RunOptions, trai
     # Training imports TensorFlow; everything before fails fast without it.
     from common.strategies import strategy
     from common.training import trainer as training
+    from common.training.inference import Predictor
 
     train = train or training.train_expert
+    predictor = predictor or Predictor(plan.settings.batch_size, unreadable=training.unreadable_network)
     learner = strategy(plan.settings.strategy)
     training.seed_everything(plan.seed, plan.config.get("deterministic", False))
     cases = prepared_cases(plan)
@@ -116,7 +122,7 @@ def execute(plan: Plan, run_dir: Path, runlog: RunLog, options: RunOptions, trai
                 f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
                 f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
             )
-        on_grid = training.predict(files.model, images, plan.settings.batch_size, plan.settings, len(network.heads))
+        on_grid = predictor.predict(predictor.load(files.model), images)
         write_maps(plan, run_dir, network, predicted, on_grid)
     return [network.name for _, network in todo]
 

@@ -199,9 +199,9 @@ def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Mo
 
 
 class NetworkPool:
-    """One built, compiled and traced network, handed from one training (and prediction) to the next.
+    """One built, compiled and traced network, handed from one training to the next.
 
-    Building a network takes a second; tracing its training, validation and prediction steps into
+    Building a network takes a second; tracing its training and validation steps into
     TensorFlow graphs (and optimising them) takes 15 to 45 s on a 2-core CPU, for every new network,
     often as long as a demo network's whole training. The networks of a task's experts (and of its
     cross-validation folds) differ only in their weights and data: same architecture, loss and
@@ -678,30 +678,3 @@ def load_saved(path: Path, compile: bool) -> keras.Model:
         return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
         raise unreadable_network(path, error) from error
-
-
-def predict(
-    model_path: Path, images: np.ndarray, batch_size: int, settings: Settings | None = None, outputs: int = 1
-) -> np.ndarray:
-    """Sigmoid maps ``(N, S, S, K)`` of a saved model (K outputs) for images on the network's grid.
-
-    With the ``settings`` (and ``outputs``) the model was trained with, and the pool holding a network
-    built for them (:class:`NetworkPool`), the saved weights are loaded into that network, whose
-    prediction step is already traced; otherwise the model is loaded from its file.
-
-    The model is loaded without its optimiser (``compile=False``): prediction needs none, and a
-    mixed_float16 model's loss-scale optimiser would otherwise be rebuilt, and warned about, under the
-    global float32 policy. Each saved layer keeps the dtype policy it was trained with, so a network
-    trained with mixed precision predicts in it, with no global state to set; its maps are float32.
-    Prediction is not distributed.
-    """
-    if settings is not None and NETWORKS.holds(settings, images.shape[-1], outputs):
-        try:
-            NETWORKS.model.load_weights(model_path)
-        except Exception as error:  # noqa: BLE001 - Keras raises many kinds for a bad file
-            raise unreadable_network(model_path, error) from error
-        return NETWORKS.model.predict(images, batch_size=batch_size, verbose=0)
-    model = load_saved(model_path, compile=False)
-    maps = model.predict(images, batch_size=batch_size, verbose=0)
-    keras.backend.clear_session()
-    return maps

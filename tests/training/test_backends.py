@@ -15,6 +15,7 @@ from common.runs.folder import network_files
 from common.spec import ConfigError, Settings
 from common.training import backend
 from common.training import trainer as training
+from common.training.inference import TTA, Predictor
 
 pytestmark = pytest.mark.backend
 
@@ -77,17 +78,31 @@ def test_a_resumed_training_ends_exactly_where_an_uninterrupted_one_does(tmp_pat
     keras.backend.clear_session()
 
 
-def test_a_pooled_network_predicts_what_its_saved_file_does(tmp_path):
-    """The pool's reset network (weights loaded into the traced one) and the file loaded afresh agree."""
+def test_a_predictor_given_another_networks_weights_predicts_what_that_file_does(tmp_path):
+    """The Predictor loads the first network whole and puts the next one's weights into it: its maps are
+    those of the second file loaded afresh; with flips, the mean of the image's map and its mirror's."""
     train, validation = data(4), data(2, 1)
     result = training.train_expert(
         1, train, validation, TINY.replace(epochs=1), network_files(tmp_path), seed=0, verbose=0, log=str
     )
-    pooled = training.predict(result.model_path, train[0], batch_size=2, settings=TINY.replace(epochs=1))
-    training.NETWORKS.release()
-    loaded = training.predict(result.model_path, train[0], batch_size=2)
-    assert pooled.shape == (4, 16, 16, 1) and pooled.dtype == np.float32
-    np.testing.assert_allclose(pooled, loaded, atol=1e-6)
+    other = keras.saving.load_model(result.model_path)
+    other.set_weights([w * 0.9 for w in other.get_weights()])
+    other.save(tmp_path / "other.keras")
+    alone = keras.saving.load_model(tmp_path / "other.keras").predict(train[0], verbose=0)
+
+    predictor = Predictor(2)
+    first, second = predictor.load(result.model_path), predictor.load(tmp_path / "other.keras")
+    assert predictor.built == 1 and (first.outputs, first.channels) == (1, 1)
+    maps = predictor.predict(second, train[0])
+    assert maps.shape == (4, 16, 16, 1) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, alone, atol=1e-6)
+    assert not np.allclose(predictor.predict(first, train[0]), alone, atol=1e-3)
+
+    flipped = Predictor(2, TTA["flip"])
+    mirrored = keras.saving.load_model(tmp_path / "other.keras").predict(train[0][:, :, ::-1], verbose=0)[:, :, ::-1]
+    np.testing.assert_allclose(
+        flipped.predict(flipped.load(tmp_path / "other.keras"), train[0]), (alone + mirrored) / 2, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("other", ["jax", "torch"])

@@ -20,6 +20,7 @@ from common.runs.pipeline import check_resumable
 from common.spec import ConfigError, Settings
 from common.switches import SWITCHES, parse_value
 from common.training import trainer as training
+from common.training.inference import Predictor
 
 Kidney = importlib.import_module("Kidney")
 
@@ -164,7 +165,8 @@ def test_train_expert_mixed_bfloat16(tmp_path, monkeypatch):
     model = keras.saving.load_model(result.model_path)
     assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"  # saved with the layers
     keras.backend.clear_session()
-    maps = training.predict(result.model_path, images, batch_size=2)
+    predictor = Predictor(2)
+    maps = predictor.predict(predictor.load(result.model_path), images)
     assert maps.dtype == np.float32 and maps.shape == (4, 32, 32, 1)
     assert 0.0 <= maps.min() and maps.max() <= 1.0
     assert keras.config.dtype_policy().name == "float32"
@@ -206,6 +208,7 @@ def test_mixed_float16_loss_scaling_survives_a_resume(tmp_path, monkeypatch):
     assert keras.config.dtype_policy().name == "float32"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        maps = training.predict(resumed.model_path, images, batch_size=2)  # outside the policy: no warning
+        predictor = Predictor(2)
+        maps = predictor.predict(predictor.load(resumed.model_path), images)  # outside the policy: no warning
     assert not [w for w in caught if "optimizer" in str(w.message)]
     assert maps.dtype == np.float32 and np.all((maps >= 0) & (maps <= 1))

@@ -65,12 +65,12 @@ def log_losses(out) -> list[float]:
     return [float(r[key]) for r in training.read_log(network_files(out).log) for key in ("loss", "val_loss")]
 
 
-def test_reused_network_trains_and_predicts_exactly_as_a_fresh_one(tmp_path, pool):
+def test_reused_network_trains_exactly_as_a_fresh_one(tmp_path, pool):
     pool.enabled = False
     fresh = train(2, seed=2, out=tmp_path / "fresh")
     assert pool.model is None and pool.reused == 0  # disabled: nothing kept
     pool.enabled = True
-    first = train(1, seed=1, out=tmp_path / "first")  # the pool now holds expert 1's trained network
+    train(1, seed=1, out=tmp_path / "first")  # the pool now holds expert 1's trained network
     model = pool.model
     steps = (model.train_function, model.test_function)
     assert int(model.optimizer.iterations) == 6  # 2 epochs x 3 batches
@@ -82,13 +82,6 @@ def test_reused_network_trains_and_predicts_exactly_as_a_fresh_one(tmp_path, poo
     for a, b in zip(trained_weights(reused), trained_weights(fresh), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert reused.best_epoch == fresh.best_epoch
-
-    # Prediction from a saved file through the pooled network (which holds expert 2's weights now)
-    images = data(3, 5)[0]
-    pooled = training.predict(first.model_path, images, 2, TINY, outputs=1)
-    pool.enabled = False
-    loaded = training.predict(first.model_path, images, 2)
-    np.testing.assert_allclose(pooled, loaded, rtol=1e-5, atol=1e-6)
 
 
 def test_next_network_starts_with_a_fresh_optimizer(pool):

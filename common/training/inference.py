@@ -1,0 +1,172 @@
+"""Applying saved networks to images on the network's grid: the object that predicts, and test-time flips.
+
+A :class:`Predictor` owns the Keras network it predicts with. The first saved network it reads is
+loaded whole (Keras's safe mode: a file that carries Python code, a ``Lambda`` layer, is refused); every
+later one with the same layers (the experts of a run, the folds of a cross-validation) gives only its
+weights, which are put into that one network before it predicts. So the prediction step is traced once
+per command, not once per network, and a caller holds the weights of all its networks, not their graphs.
+A network with other layers keeps a network of its own.
+
+Each saved layer keeps the dtype policy it was trained with, so a network trained with mixed precision
+predicts in it; its maps are float32. The ``.keras`` format is Keras's own, so a network saved on one
+backend loads on the others.
+
+Test-time augmentation is a :class:`TestTimeAugmentation`: the views a network sees, each its own
+inverse. ``none`` is the image alone; ``flip`` adds its horizontal mirror (the flip the training's
+augmentation draws, :mod:`common.training.augmentation`), and the network's map is the mean of the
+image's map and the mirrored view's map mirrored back. The mirrored view is not a member of any
+ensemble: it is averaged into its network's map before anything else sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from common.data.cases import DataError
+from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
+
+
+class UnsafeNetworkError(DataError):
+    """A saved network that carries Python code, which loading would run: never loaded."""
+
+
+def identity(images: np.ndarray) -> np.ndarray:
+    return images
+
+
+def mirror(images: np.ndarray) -> np.ndarray:
+    """``(N, rows, cols, C)`` mirrored left to right (columns reversed): its own inverse."""
+    return images[:, :, ::-1, :]
+
+
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """The views of an image a network predicts, each an involution (applied again, it undoes itself)."""
+
+    name: str
+    views: tuple[Callable[[np.ndarray], np.ndarray], ...]
+    description: str
+
+
+TTA: dict[str, TestTimeAugmentation] = {
+    t.name: t
+    for t in (
+        TestTimeAugmentation("none", (identity,), "the image as it is"),
+        TestTimeAugmentation("flip", (identity, mirror), "the mean of the image's map and its horizontal mirror's"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SavedNetwork:
+    """A saved network read by a :class:`Predictor`: its file, the key of its layers, its weights."""
+
+    path: Path
+    key: str
+    weights: list[np.ndarray]
+    outputs: int
+    channels: int
+
+
+def unsafe_network(path: Path, error: BaseException) -> UnsafeNetworkError:
+    return UnsafeNetworkError(
+        f"{path} carries Python code (a Lambda layer or another deserialised function), which loading it would "
+        "run; refused (Keras safe mode). Networks this project trains hold no code, so the file was made or "
+        f"changed elsewhere: train the network anew, or ask whoever shared it ({str(error)[:160]})"
+    )
+
+
+def load_network(path: Path, unreadable: Callable[[Path, BaseException], DataError]) -> keras.Model:
+    """``keras.saving.load_model`` in safe mode, without the optimiser; a file with code or a bad file refused.
+
+    ``unreadable`` makes the refusal of a truncated or corrupt file (its message says how to train the
+    network anew, which only the caller knows).
+    """
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
+        if "safe_mode" in str(error) or "arbitrary code" in str(error):
+            raise unsafe_network(path, error) from error
+        raise unreadable(path, error) from error
+
+
+def layers_key(model: keras.Model) -> str:
+    """What two networks must share for one to take the other's weights: each layer's kind, dtype policy
+    and weight shapes, in order (names aside: Keras numbers some names per process)."""
+    return json.dumps(
+        [
+            (
+                type(layer).__name__,
+                str(getattr(layer, "dtype_policy", "")),
+                [tuple(int(d) for d in w.shape) for w in layer.weights],
+            )
+            for layer in model.layers
+        ]
+    )
+
+
+def _default_unreadable(path: Path, error: BaseException) -> DataError:
+    return DataError(f"{path} cannot be loaded ({type(error).__name__}: {str(error)[:200]})")
+
+
+class Predictor:
+    """Predicts with saved networks; owns the network(s) the weights are put into (see the module's docstring).
+
+    Args:
+        batch_size: images per step of the network.
+        tta: the test-time augmentation (:data:`TTA`).
+        unreadable: makes the refusal of a saved network that cannot be loaded (default: names the file).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        tta: TestTimeAugmentation = TTA["none"],
+        unreadable: Callable[[Path, BaseException], DataError] = _default_unreadable,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.tta = tta
+        self.unreadable = unreadable
+        self._networks: dict[str, keras.Model] = {}
+        self._holds: dict[str, str] = {}  # key -> the file whose weights its network holds now
+        self.built = 0  # networks built (loaded whole); the rest gave only their weights
+
+    def load(self, path: Path) -> SavedNetwork:
+        """Read a saved network (safe mode) and keep its weights; the first of its layers' kind is kept whole."""
+        path = Path(path)
+        model = load_network(path, self.unreadable)
+        key = layers_key(model)
+        saved = SavedNetwork(
+            path,
+            key,
+            model.get_weights(),
+            int(model.outputs[0].shape[-1]),
+            int(model.inputs[0].shape[-1]),
+        )
+        if key not in self._networks:
+            self._networks[key] = model
+            self._holds[key] = str(path)
+            self.built += 1
+        return saved
+
+    def predict(self, network: SavedNetwork, images: np.ndarray) -> np.ndarray:
+        """Sigmoid maps ``(N, S, S, K)`` float32 of ``network`` for images ``(N, S, S, C)`` on its grid,
+        averaged over the test-time views."""
+        model = self._networks[network.key]
+        if self._holds[network.key] != str(network.path):
+            model.set_weights(network.weights)
+            self._holds[network.key] = str(network.path)
+        total = None
+        for view in self.tta.views:
+            maps = model.predict(view(images), batch_size=self.batch_size, verbose=0)
+            maps = view(np.asarray(maps, dtype=np.float32))
+            total = maps if total is None else total + maps
+        return total if len(self.tta.views) == 1 else (total / len(self.tta.views)).astype(np.float32)
