@@ -313,3 +313,28 @@ def test_a_shared_run_is_read_only_from_inside_and_never_runs_code(runs, toy_roo
     (run / "experts" / "seg02" / "model.keras").symlink_to(elsewhere)
     with pytest.raises(DataError, match="leads out of the run folder"):
         predicting.predict(run, image, tmp_path / "out2", log=None)
+
+
+def test_progress_is_a_line_per_image_or_a_bar_on_a_terminal():
+    import io
+
+    lines = []
+    progress = predicting.Progress(2, lines.append, io.StringIO())
+    progress.step("a")
+    progress.step("b")
+    assert [line.split(":")[0] for line in lines] == ["[1/2] a", "[2/2] b"]
+    assert "elapsed, about" in lines[0] and lines[1].endswith("about 0.0 s left")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = predicting.Progress(2, lines.append, screen)
+    bar.step("a")
+    bar.step("b")
+    assert len(lines) == 2  # drawn on the terminal, not logged
+    assert screen.getvalue().startswith("\r[###############...............] a: ") and screen.getvalue().endswith("\n")
+    silent = predicting.Progress(1, None, screen)
+    silent.step("c")
+    assert "c:" not in screen.getvalue()
