@@ -301,7 +301,13 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
     progress = Progress(len(todo), log)
     chunk = plan.batch_size * -(-CHUNK_IMAGES // plan.batch_size)
     for first in range(0, len(todo), chunk):
-        for item in predict_chunk(plan, predictor, saved, todo[first : first + chunk]):
+        try:
+            done = predict_chunk(plan, predictor, saved, todo[first : first + chunk])
+        except DataError as error:  # an image's data (NaN, a short file) is only read here
+            raise DataError(
+                f"{error}; fix or move that image, then finish with the same command and --continue"
+            ) from error
+        for item in done:
             progress.step(item.name)
     seconds = time.perf_counter() - started - loaded
     result = {

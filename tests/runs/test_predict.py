@@ -44,9 +44,10 @@ def runs(toy_root, tmp_path_factory):
     """A finished run and a 2-fold cross-validation of the kidney-like settings (the same traced network)."""
     top = tmp_path_factory.mktemp("runs")
     options = dict(verbose=0, log=quiet, plots=False)
-    single = run_task(SPEC, KIDNEY_LIKE, 1, toy_root, seed=3, out=top / "run", **options)
+    run_task(SPEC, KIDNEY_LIKE, 1, toy_root, seed=3, out=top / "run", **options)
     run_cross_validation(SPEC, KIDNEY_LIKE, 1, toy_root, 2, seed=1, out=top / "cv", **options)
-    return {"run": top / "run", "cv": top / "cv", "score": single["score"]}
+    run_task(SPEC, KIDNEY_LIKE.replace(strategy="multi-head"), 1, toy_root, seed=3, out=top / "heads", **options)
+    return {"run": top / "run", "cv": top / "cv", "heads": top / "heads"}
 
 
 def linked_cases(folder: Path, toy_root: Path, case_ids: list[str]) -> Path:
@@ -70,13 +71,20 @@ def legacy_run(tmp_path: Path, name: str = "finished") -> Path:
 
 
 def reproduces_the_run(run: Path, toy_root: Path, tmp_path: Path, tta: str | None = "none") -> dict:
+    """Its held-out images predicted: the run's own ensemble and members' maps to 1e-6, and its score."""
     cases = held_out(run)
     out = tmp_path / "out"
-    record = predicting.predict(run, linked_cases(tmp_path / "in", toy_root, cases), out, log=None, tta=tta)
+    source = linked_cases(tmp_path / "in", toy_root, cases)
+    record = predicting.predict(run, source, out, log=None, tta=tta, save_members=True)
+    assert [m for n in record["networks"] for m in n["members"]] == ["seg01", "seg02"]
     for case_id in cases:
         mine = read_prediction(out / case_id / "task01.nii.gz")
         theirs = read_prediction(prediction_path(run / "predictions", "toy", case_id, 1))
         np.testing.assert_allclose(mine, theirs, atol=1e-6, rtol=0)
+        for expert in (1, 2):
+            member = read_prediction(out / "members" / f"seg{expert:02d}" / case_id / "task01.nii.gz")
+            own = read_prediction(prediction_path(run / "predictions", "toy", case_id, 1, expert))
+            np.testing.assert_allclose(member, own, atol=1e-6, rtol=0)
         image = nib.load(next(toy_root.rglob(f"{case_id}/image.nii.gz")))
         written = nib.load(out / case_id / "task01.nii.gz")
         assert written.shape == image.shape and np.array_equal(written.affine, image.affine)
@@ -92,6 +100,11 @@ def test_a_kidney_like_run_predicts_its_own_held_out_maps_and_score(runs, toy_ro
     assert record["tta"] == "none"  # the default for a run trained without flips
     saved = json.loads((tmp_path / "out" / "predict.json").read_text())
     assert saved["preprocessing"] == {"channels": 1, "ct_window": [-0.2, 0.8], "fit": "crop", "input_size": 16}
+
+
+def test_a_multi_head_run_predicts_its_own_maps_with_its_heads_as_members(runs, toy_root, tmp_path):
+    record = reproduces_the_run(runs["heads"], toy_root, tmp_path)
+    assert [n["name"] for n in record["networks"]] == ["multi-head"] and record["strategy"] == "multi-head"
 
 
 @pytest.mark.backend
@@ -338,3 +351,13 @@ def test_progress_is_a_line_per_image_or_a_bar_on_a_terminal():
     silent = predicting.Progress(1, None, screen)
     silent.step("c")
     assert "c:" not in screen.getvalue()
+
+
+def test_an_image_with_nan_stops_the_command_naming_it_and_continue(runs, tmp_path):
+    source = tmp_path / "in"
+    image = np.ones((20, 24), np.float32)
+    write_nifti(source / "fine.nii.gz", image)
+    image[3, 4] = np.nan
+    write_nifti(source / "holed.nii.gz", image)
+    with pytest.raises(DataError, match="holed.nii.gz: image has 1 NaN or infinite voxels; fix or move .*--continue"):
+        predicting.predict(runs["run"], source, tmp_path / "out", log=None)
