@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.data_check import cpu_name  # noqa: E402
+
 
 def images_of(run: Path, count: int, folder: Path) -> list[Path]:
     """The first ``count`` training and validation images of the run's data, linked into ``folder``."""
@@ -146,16 +148,6 @@ def same_maps(a: Path, b: Path) -> float:
     return max(
         float(np.abs(read_prediction(p) - read_prediction(b / p.name)).max()) for p in sorted(a.glob("*.nii.gz"))
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spread(values: list[float]) -> str:

@@ -16,16 +16,24 @@ DEFAULT_DATA_ROOT = Path("Project_data")
 DEFAULT_DEMO_ROOT = Path("demo_data")
 
 
-def parse_experts(text: str) -> list[int]:
-    try:
-        experts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected expert numbers separated by commas (e.g. 1,3), got {text!r}"
-        ) from None
-    if not experts:
-        raise argparse.ArgumentTypeError("expected at least one expert number (e.g. 1,3)")
-    return experts
+def number_list(what: str):
+    """An argparse type: numbers separated by commas (``1,3``), named ``what`` in its messages."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            numbers = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} numbers separated by commas (e.g. 1,3), got {text!r}"
+            ) from None
+        if not numbers:
+            raise argparse.ArgumentTypeError(f"expected at least one {what} number (e.g. 1,3)")
+        return numbers
+
+    return parse
+
+
+parse_experts = number_list("expert")
 
 
 def int_at_least(minimum: int):

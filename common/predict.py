@@ -10,31 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import int_at_least, number_list
 from common.data.cases import DataError
 from common.runs.storage import StorageError
 from common.spec import ConfigError
-
-
-def parse_folds(text: str) -> list[int]:
-    try:
-        folds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected fold numbers separated by commas (e.g. 1,3), got {text!r}"
-        ) from None
-    if not folds or min(folds) < 1:
-        raise argparse.ArgumentTypeError(f"expected fold numbers from 1 (e.g. 1,3), got {text!r}")
-    return folds
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fold",
-        type=parse_folds,
+        type=number_list("fold"),
         default=None,
         metavar="K[,K...]",
         help="a cross-validation's folds to use, e.g. 1,3 (default: all of them, one ensemble)",
@@ -79,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=positive,
+        type=int_at_least(1),
         default=None,
         metavar="N",
         help="images per network step (default: the run's batch size)",
