@@ -82,14 +82,17 @@ def unsafe_network(path: Path, error: BaseException) -> UnsafeNetworkError:
     )
 
 
-def load_network(path: Path, unreadable: Callable[[Path, BaseException], DataError]) -> keras.Model:
-    """``keras.saving.load_model`` in safe mode, without the optimiser; a file with code or a bad file refused.
+def load_network(
+    path: Path, unreadable: Callable[[Path, BaseException], DataError], compile: bool = False
+) -> keras.Model:
+    """``keras.saving.load_model`` in safe mode (by default without the optimiser); a file that carries
+    code is refused as such (:class:`UnsafeNetworkError`), any other bad file by ``unreadable``.
 
     ``unreadable`` makes the refusal of a truncated or corrupt file (its message says how to train the
     network anew, which only the caller knows).
     """
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
         if "safe_mode" in str(error) or "arbitrary code" in str(error):
             raise unsafe_network(path, error) from error

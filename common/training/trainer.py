@@ -37,6 +37,7 @@ from common.training import backend
 from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
 from common.training.augmentation import Augmentation
 from common.training.files import NetworkFiles
+from common.training.inference import load_network
 from common.training.models import build_unet
 from common.training.stream import (
     FollowEpoch,
@@ -673,8 +674,6 @@ def unreadable_network(path: Path, error: BaseException) -> DataError:
 
 
 def load_saved(path: Path, compile: bool) -> keras.Model:
-    """``keras.saving.load_model``, with a truncated or corrupt file refused by name (:func:`unreadable_network`)."""
-    try:
-        return keras.saving.load_model(path, compile=compile)
-    except Exception as error:  # noqa: BLE001 - zipfile, h5py, ValueError, OSError ... for one bad file
-        raise unreadable_network(path, error) from error
+    """A saved network (a resumed training's backup) in Keras's safe mode: a file that carries code refused as
+    such, a truncated or corrupt one by name with how to train it anew (:func:`unreadable_network`)."""
+    return load_network(path, unreadable_network, compile=compile)
