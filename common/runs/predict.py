@@ -252,12 +252,14 @@ class Progress:
         self.started, self.count = time.perf_counter(), 0
         self.bar = echo is not None and hasattr(self.stream, "isatty") and self.stream.isatty()
 
-    def step(self, name: str) -> None:
+    def step(self, name: str, written: int | None = None) -> None:
+        """Image ``name`` is done; ``written`` images are done in all (its chunk's last), which sets the rate."""
         self.count += 1
         if self.echo is None:
             return
         elapsed = time.perf_counter() - self.started
-        left = elapsed / self.count * (self.total - self.count)
+        done = max(written or self.count, self.count)
+        left = elapsed / done * (self.total - done)
         text = f"[{self.count}/{self.total}] {name}: {elapsed:.1f} s elapsed, about {left:.1f} s left"
         if self.bar:
             filled = round(30 * self.count / self.total)
@@ -308,7 +310,7 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
                 f"{error}; fix or move that image, then finish with the same command and --continue"
             ) from error
         for item in done:
-            progress.step(item.name)
+            progress.step(item.name, written=first + len(done))
     seconds = time.perf_counter() - started - loaded
     result = {
         **record,

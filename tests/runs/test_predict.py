@@ -337,6 +337,13 @@ def test_progress_is_a_line_per_image_or_a_bar_on_a_terminal():
     progress.step("b")
     assert [line.split(":")[0] for line in lines] == ["[1/2] a", "[2/2] b"]
     assert "elapsed, about" in lines[0] and lines[1].endswith("about 0.0 s left")
+    chunked = []
+    together = predicting.Progress(3, chunked.append, io.StringIO())
+    for name in "ab":  # written together, in one chunk of two: nothing of theirs is left
+        together.step(name, written=2)
+    assert all(line.endswith("s left") for line in chunked)
+    left = [float(line.rsplit("about ", 1)[1].split()[0]) for line in chunked]
+    assert left[0] == left[1]  # the rate of the whole chunk, the third image still to do
 
     class Terminal(io.StringIO):
         def isatty(self):
