@@ -14,6 +14,7 @@ from common.cli import int_at_least, number_list
 from common.data.cases import DataError
 from common.runs.storage import StorageError
 from common.spec import ConfigError
+from common.training.tta import TTA
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tta",
-        choices=("none", "flip"),
+        choices=tuple(TTA),
         default=None,
         help="test-time augmentation: flip averages each network's map with that of the horizontal mirror "
         "(default: flip where the run trained with flips, else none)",

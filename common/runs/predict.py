@@ -47,6 +47,7 @@ from common.evaluation.ensemble import MapAverager, binary_entropy_bits
 from common.runs.storage import StorageError, write_json
 from common.runs.trained import TrainedRun, open_trained
 from common.spec import ConfigError
+from common.training.tta import TTA
 
 PREDICT_FILE = "predict.json"
 MEMBERS_FOLDER, STD_FOLDER, ENTROPY_FOLDER = "members", "std", "entropy"
@@ -168,10 +169,11 @@ def check_headers(run: TrainedRun, inputs: list[InputImage]) -> tuple[list[str],
             continue
         geometry = Geometry.fit(grid, settings.input_size, settings.fit)
         if geometry.crops:
+            kept = geometry.extent or geometry.resized
             notes.append(
                 f"{item.path}: {grid[0]} x {grid[1]} is larger than the run's {settings.input_size} px input and "
-                f"the run fits by cropping (fit=crop): outside the central {geometry._extent[0]} x "
-                f"{geometry._extent[1]} the map is background (probability 0)"
+                f"the run fits by cropping (fit=crop): outside the central {kept[0]} x {kept[1]} the map is "
+                "background (probability 0)"
             )
     return problems, notes
 
@@ -191,8 +193,6 @@ def plan_prediction(run_dir: Path, input_path: Path, output: Path, options: Pred
                 f"{flag}: {run.folder} has one map ({members[0]}, strategy {run.settings.strategy}) and no members "
                 "to save or to disagree; a cross-validation folder of it has one per fold"
             )
-    from common.training.inference import TTA
-
     tta = options.tta or default_tta(run)
     if tta not in TTA:
         raise ConfigError(f"--tta must be one of {', '.join(TTA)}, got {tta!r}")
@@ -280,7 +280,7 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
 
     ``log`` takes the progress lines (None: none); ``warn`` each skipped entry and cropped border, even then.
     """
-    from common.training.inference import TTA, Predictor
+    from common.training.inference import Predictor
     from common.training.trainer import unreadable_network
 
     say = log or (lambda _: None)

@@ -11,11 +11,8 @@ Each saved layer keeps the dtype policy it was trained with, so a network traine
 predicts in it; its maps are float32. The ``.keras`` format is Keras's own, so a network saved on one
 backend loads on the others.
 
-Test-time augmentation is a :class:`TestTimeAugmentation`: the views a network sees, each its own
-inverse. ``none`` is the image alone; ``flip`` adds its horizontal mirror (the flip the training's
-augmentation draws, :mod:`common.training.augmentation`), and the network's map is the mean of the
-image's map and the mirrored view's map mirrored back. The mirrored view is not a member of any
-ensemble: it is averaged into its network's map before anything else sees it.
+Test-time augmentation (:mod:`common.training.tta`) is averaged into each network's map before anything
+else sees it: a mirrored view is not a member of any ensemble.
 """
 
 from __future__ import annotations
@@ -30,37 +27,11 @@ import numpy as np
 
 from common.data.cases import DataError
 from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
+from common.training.tta import TTA, TestTimeAugmentation
 
 
 class UnsafeNetworkError(DataError):
     """A saved network that carries Python code, which loading would run: never loaded."""
-
-
-def identity(images: np.ndarray) -> np.ndarray:
-    return images
-
-
-def mirror(images: np.ndarray) -> np.ndarray:
-    """``(N, rows, cols, C)`` mirrored left to right (columns reversed): its own inverse."""
-    return images[:, :, ::-1, :]
-
-
-@dataclass(frozen=True)
-class TestTimeAugmentation:
-    """The views of an image a network predicts, each an involution (applied again, it undoes itself)."""
-
-    name: str
-    views: tuple[Callable[[np.ndarray], np.ndarray], ...]
-    description: str
-
-
-TTA: dict[str, TestTimeAugmentation] = {
-    t.name: t
-    for t in (
-        TestTimeAugmentation("none", (identity,), "the image as it is"),
-        TestTimeAugmentation("flip", (identity, mirror), "the mean of the image's map and its horizontal mirror's"),
-    )
-}
 
 
 @dataclass(frozen=True)

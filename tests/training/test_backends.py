@@ -15,7 +15,8 @@ from common.runs.folder import network_files
 from common.spec import ConfigError, Settings
 from common.training import backend
 from common.training import trainer as training
-from common.training.inference import TTA, Predictor
+from common.training.inference import Predictor
+from common.training.tta import TTA
 
 pytestmark = pytest.mark.backend
 
