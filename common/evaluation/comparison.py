@@ -231,14 +231,26 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
 
 
 #: Extra columns, in this order, when the variants carry these metrics (see :mod:`common.evaluation.uncertainty`).
-METRIC_COLUMNS = {"ged": "GED ↓", "hungarian_iou": "Hungarian IoU ↑", "ece": "ECE ↓", "brier": "Brier ↓"}
+#: ``ged_u`` and ``hungarian_iou_n`` are the figures at a common sample count (GED without the diagonal, the first
+#: n samples), so that variants with different numbers of samples compare; ``samples`` the counts behind ``ged``.
+METRIC_COLUMNS = {
+    "ged": "GED ↓",
+    "ged_u": "GED, no diagonal ↓",
+    "hungarian_iou": "Hungarian IoU ↑",
+    "hungarian_iou_n": "Hungarian IoU, first n ↑",
+    "samples": "samples",
+    "ece": "ECE ↓",
+    "brier": "Brier ↓",
+}
 
 
 def _metric_keys(variants: list[VariantResult]) -> list[str]:
     return [key for key in METRIC_COLUMNS if any(key in v.metrics for v in variants)]
 
 
-def _format_metric(value: float | None) -> str:
+def _format_metric(value: float | list[int] | None) -> str:
+    if isinstance(value, list):  # a count: the distinct values over the cases
+        return "-".join(map(str, (value[0], value[-1]) if len(value) > 1 else value))
     return "n/a" if value is None else f"{value:.4f}"
 
 
@@ -270,7 +282,9 @@ def comparison_rows(variants: list[VariantResult]) -> list[dict]:
             row[key] = c.get(key)
         row["sign_test_p"] = c.get("sign_test_p")
         row["verdict"] = c.get("verdict", "baseline")
-        row.update({key: variant.metrics.get(key) for key in _metric_keys(variants)})
+        for key in _metric_keys(variants):
+            value = variant.metrics.get(key)
+            row[key] = _format_metric(value) if isinstance(value, list) else value
         row.update(seconds=float(variant.seconds), networks=variant.networks, parameters=variant.parameters)
         rows.append(row)
     return rows

@@ -55,20 +55,40 @@ def dice_matrix_csv(scores: dict) -> str:
 
 UNCERTAINTY_LABELS = {
     "ged": "GED",
+    "ged_u": "GED without the diagonal",
     "hungarian_iou": "Hungarian IoU",
+    "hungarian_iou_n": "Hungarian IoU of the first n samples",
     "ece": "ECE",
     "brier": "Brier",
     "soft_dice": "soft Dice",
 }
 
 
-def uncertainty_line(means: dict[str, float | None]) -> str:
-    """The uncertainty metrics' means in one line; a metric that does not apply says so."""
-    shown = [f"{label} {means[key]:.4f}" for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is not None]
-    missing = [label for key, label in UNCERTAINTY_LABELS.items() if means.get(key) is None]
+def _counted(values: list[int] | None, noun: str) -> str:
+    if not values:
+        return ""
+    return f"{values[0]} {noun}" if len(values) == 1 else f"{values[0]}-{values[-1]} {noun}"
+
+
+def uncertainty_line(means: dict) -> str:
+    """The uncertainty metrics' means in one line, the sample count beside the sample-based ones; a metric
+    that does not apply says why."""
+    samples = _counted(means.get("samples"), "samples")
+    beside = {"ged": samples, "ged_u": samples, "hungarian_iou": samples}
+    shown = [
+        f"{label} {means[key]:.4f}" + (f" ({beside[key]})" if beside.get(key) else "")
+        for key, label in UNCERTAINTY_LABELS.items()
+        if means.get(key) is not None
+    ]
     line = "Uncertainty metrics (mean over the cases): " + ", ".join(shown)
-    if missing:
-        line += f"; {' and '.join(missing)}: not applicable (one map, no samples)"
+    if means.get("ged") is None and means.get("hungarian_iou") is None:
+        return line + "; GED and Hungarian IoU: not applicable (one map, no samples)"
+    absent = [UNCERTAINTY_LABELS[k] for k in ("ged_u", "hungarian_iou_n") if means.get(k) is None]
+    if absent:
+        why = (
+            "fewer samples than the dataset's experts" if means.get("samples") else "cases gathered before they existed"
+        )
+        line += f"; {' and '.join(absent)}: not computed ({why})"
     return line
 
 

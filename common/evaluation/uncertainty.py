@@ -23,10 +23,23 @@ they say. The metrics here fill those gaps:
   threshold. Higher is better, but it reaches 1 only where the experts all agree: a perfect map of a
   case with disagreement scores below 1.
 
-:func:`case_metrics` computes all five for one case; the two that need samples (GED, Hungarian IoU)
-are ``None`` for a model that gives a single map and no samples (e.g. a network trained on soft
-labels): they do not apply, and no samples are invented for them. :func:`mean_metrics` averages over
-cases.
+**Sample counts.** GED and the Hungarian IoU depend on how many samples a model gives, not only on
+how good they are: with the published estimator (every ordered pair, self-pairs included) the diversity
+term of a 3-sample ensemble has a zero diagonal that is a third of it, so its GED is higher than a
+16-sample model's drawn from the same distribution. So each case records its sample count ``m`` and its
+experts ``n``, and both figures are also given at a count that does not favour either method:
+
+- ``ged_u``: GED **without the diagonal** (the U-statistic: the within-set means over pairs ``i != j``,
+  :func:`generalised_energy_distance` with ``diagonal=False``), an unbiased estimate whatever ``m`` is
+  (a set of one mask has no pair, and its within-set term is 0; being unbiased, it can be slightly
+  below 0 for close sets);
+- ``hungarian_iou_n``: the Hungarian IoU of the **first n samples**, ``n`` the dataset's experts (the
+  caller's ``common_count``; by default the case's), so every method is matched with the same number of
+  samples; ``None`` for a model with fewer samples than that.
+
+:func:`case_metrics` computes all of :data:`METRICS` for one case; those that need samples are ``None``
+for a model that gives a single map and no samples (e.g. a network trained on soft labels): they do not
+apply, and no samples are invented for them. :func:`mean_metrics` averages over cases.
 
 Conventions:
 
@@ -62,9 +75,24 @@ from scipy.optimize import linear_sum_assignment
 from common.evaluation.scoring import PREDICTION_TOLERANCE
 
 #: The metrics of :func:`case_metrics`, in report order.
-METRICS: tuple[str, ...] = ("ged", "hungarian_iou", "ece", "brier", "soft_dice")
+METRICS: tuple[str, ...] = ("ged", "ged_u", "hungarian_iou", "hungarian_iou_n", "ece", "brier", "soft_dice")
+#: The counts :func:`case_metrics` records beside the metrics: the model's samples ``m`` and the case's experts ``n``.
+COUNTS: tuple[str, ...] = ("samples", "experts")
 #: Whether a smaller value of each metric is better.
-LOWER_IS_BETTER: dict[str, bool] = {"ged": True, "hungarian_iou": False, "ece": True, "brier": True, "soft_dice": False}
+LOWER_IS_BETTER: dict[str, bool] = {
+    "ged": True,
+    "ged_u": True,
+    "hungarian_iou": False,
+    "hungarian_iou_n": False,
+    "ece": True,
+    "brier": True,
+    "soft_dice": False,
+}
+#: How the figures at a common sample count are made (also in ``results.json``).
+COMMON_COUNT_RULES: dict[str, str] = {
+    "ged_u": "GED without the diagonal: the within-set means over pairs i != j (unbiased for any sample count)",
+    "hungarian_iou_n": "Hungarian IoU of the first n samples, n = the dataset's experts (none if fewer samples)",
+}
 #: The default number of equal-width bins of :func:`expected_calibration_error`.
 DEFAULT_BINS = 10
 
@@ -143,7 +171,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
-def generalised_energy_distance(references: np.ndarray, samples: np.ndarray) -> float:
+def generalised_energy_distance(references: np.ndarray, samples: np.ndarray, diagonal: bool = True) -> float:
     """Squared generalised energy distance between the experts' masks and the model's samples.
 
     As reported by Kohl et al. 2018 and Baumgartner et al. 2019 (the *squared* distance)::
@@ -155,15 +183,32 @@ def generalised_energy_distance(references: np.ndarray, samples: np.ndarray) -> 
     ``E[d(S, S')] = sum_ij d(S_i, S_j) / m^2``. This is the V-statistic, biased towards small values
     for few masks; it is 0 when the two sets are identical. Two empty masks have IoU 1, so ``d = 0``.
 
+    With ``diagonal=False`` the two within-set expectations leave the self-pairs out (the U-statistic):
+    ``E[d(S, S')] = sum_{i != j} d(S_i, S_j) / (m (m - 1))``, and the same for the experts; the cross term
+    pairs independent draws and keeps every pair. This estimate does not grow as ``m`` shrinks, so it
+    compares models that give different numbers of samples; a set of one mask has no pair and its
+    within-set term is 0; being unbiased, it can fall slightly below 0 (two identical sets of two masks
+    at distance ``d`` give ``-d``).
+
     Args:
         references: the experts' masks, ``(n, *image_shape)``, bool or 0/1, ``n >= 1``.
         samples: the model's samples, ``(m, *image_shape)``, bool or 0/1, ``m >= 1``.
+        diagonal: include the self-pairs (the published estimator) or not.
     """
     references, samples = _reference_and_samples(references, samples, "generalised_energy_distance")
     cross = 1.0 - _iou_matrix(samples, references)
-    within_samples = 1.0 - _iou_matrix(samples, samples)
-    within_references = 1.0 - _iou_matrix(references, references)
-    return float(2.0 * cross.mean() - within_samples.mean() - within_references.mean())
+    within_samples = _within(1.0 - _iou_matrix(samples, samples), diagonal)
+    within_references = _within(1.0 - _iou_matrix(references, references), diagonal)
+    return float(2.0 * cross.mean() - within_samples - within_references)
+
+
+def _within(distances: np.ndarray, diagonal: bool) -> float:
+    """The mean of a square matrix of distances over all pairs, or over ``i != j`` (its diagonal is 0; one
+    mask has no such pair: 0)."""
+    count = distances.shape[0]
+    if not diagonal and count < 2:
+        return 0.0
+    return float(distances.sum() / (count * count if diagonal else count * (count - 1)))
 
 
 def hungarian_iou(references: np.ndarray, samples: np.ndarray) -> float:
@@ -265,7 +310,9 @@ def soft_dice(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(2.0 * np.sum(prediction * target) / total)
 
 
-def case_metrics(prediction: np.ndarray, references: np.ndarray, samples: np.ndarray | None) -> dict[str, float | None]:
+def case_metrics(
+    prediction: np.ndarray, references: np.ndarray, samples: np.ndarray | None, common_count: int | None = None
+) -> dict[str, float | None]:
     """All of :data:`METRICS` for one case.
 
     Args:
@@ -274,9 +321,13 @@ def case_metrics(prediction: np.ndarray, references: np.ndarray, samples: np.nda
             soft Dice is their mean.
         samples: the model's samples ``(m, rows, cols)``, bool or 0/1, or ``None`` for a model that gives
             one map and no samples: then ``ged`` and ``hungarian_iou`` are ``None`` (they do not apply).
+        common_count: how many of the samples (the first) ``hungarian_iou_n`` matches: the dataset's
+            experts, the same for every case and method (default: this case's experts).
 
     Returns:
-        ``{"ged", "hungarian_iou", "ece", "brier", "soft_dice"}`` -> float (or ``None`` as above).
+        each of :data:`METRICS` -> float (or ``None`` as above, and as the module's docstring says for
+        ``ged_u`` and ``hungarian_iou_n``), and :data:`COUNTS`: ``samples`` (``m``, or ``None``) and
+        ``experts`` (``n``).
     """
     prediction = _probability(prediction, "prediction")
     references = _stack(references, "references")
@@ -286,35 +337,48 @@ def case_metrics(prediction: np.ndarray, references: np.ndarray, samples: np.nda
             f"{references.shape[1:]} (stack {references.shape})"
         )
     target = references.mean(axis=0, dtype=np.float64)
-    ged: float | None = None
-    matched: float | None = None
+    n = int(references.shape[0])
+    sampled: dict[str, float | None] = dict.fromkeys(("ged", "ged_u", "hungarian_iou", "hungarian_iou_n"))
+    m = None
     if samples is not None:
-        ged = generalised_energy_distance(references, samples)
-        matched = hungarian_iou(references, samples)
+        samples = _stack(samples, "samples")
+        m = int(samples.shape[0])
+        sampled["ged"] = generalised_energy_distance(references, samples)
+        sampled["hungarian_iou"] = hungarian_iou(references, samples)
+        sampled["ged_u"] = generalised_energy_distance(references, samples, diagonal=False)
+        first = n if common_count is None else int(common_count)
+        if m >= first:
+            sampled["hungarian_iou_n"] = hungarian_iou(references, samples[:first])
     return {
-        "ged": ged,
-        "hungarian_iou": matched,
+        **sampled,
         "ece": expected_calibration_error(prediction, target),
         "brier": brier_score(prediction, target),
         "soft_dice": soft_dice(prediction, target),
+        "samples": m,
+        "experts": n,
     }
 
 
-def mean_metrics(per_case: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
-    """The mean over cases of each of :data:`METRICS`.
+def mean_metrics(per_case: dict[str, dict[str, float | None]]) -> dict[str, float | list[int] | None]:
+    """The mean over cases of each of :data:`METRICS`, and the counts of :data:`COUNTS` that occurred.
 
     A metric that is ``None`` in every case (no samples anywhere) stays ``None``; one that is ``None``
     in some cases only is a ValueError (a mean over part of the cases would not compare with others).
+    A metric or count that some case does not hold at all (a fold gathered before it existed) is
+    ``None``: it was not computed for every case. The counts are the sorted distinct values over the
+    cases (``[3]``, or ``[5, 6]`` where one case lacks an expert), ``None`` without samples.
     """
     if not per_case:
         raise ValueError("mean_metrics: no case")
     for case, metrics in per_case.items():
-        if set(metrics) != set(METRICS):
-            raise ValueError(
-                f"mean_metrics: case {case!r} has metrics {sorted(metrics)}, expected exactly {sorted(METRICS)}"
-            )
-    means: dict[str, float | None] = {}
+        unknown = set(metrics) - set(METRICS) - set(COUNTS)
+        if unknown:
+            raise ValueError(f"mean_metrics: case {case!r} has unknown metrics {sorted(unknown)}; expected {METRICS}")
+    means: dict[str, float | list[int] | None] = {}
     for name in METRICS:
+        if any(name not in metrics for metrics in per_case.values()):
+            means[name] = None
+            continue
         missing = [case for case, metrics in per_case.items() if metrics[name] is None]
         if len(missing) == len(per_case):
             means[name] = None
@@ -324,4 +388,7 @@ def mean_metrics(per_case: dict[str, dict[str, float | None]]) -> dict[str, floa
             )
         else:
             means[name] = float(np.mean(np.array([per_case[c][name] for c in per_case], dtype=np.float64)))
+    for name in COUNTS:
+        values = {metrics.get(name) for metrics in per_case.values()}
+        means[name] = None if None in values else sorted(int(v) for v in values)
     return means

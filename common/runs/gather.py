@@ -265,21 +265,31 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
 
 
 def uncertainty_metrics(
-    ensemble: dict[str, np.ndarray], truth: dict[str, np.ndarray], member_maps: dict[str, dict[str, np.ndarray]]
+    ensemble: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    member_maps: dict[str, dict[str, np.ndarray]],
+    common_count: int | None = None,
 ) -> dict:
     """GED, Hungarian IoU, ECE, Brier and soft Dice per case and their means (:mod:`common.evaluation.uncertainty`).
 
     The samples are the members of the ensemble (each expert's network, or each head) binarised at
-    0.5; with no members (soft-label: one map) the sample-based metrics are None, not invented.
+    0.5, in the order of the networks (so "the first n samples" are the first experts'); with no members
+    (soft-label: one map) the sample-based metrics are None, not invented. Each case records its sample
+    and expert counts; ``common_count`` states how the figures at a common count are made.
     """
-    from common.evaluation.uncertainty import case_metrics, mean_metrics
+    from common.evaluation.uncertainty import COMMON_COUNT_RULES, case_metrics, mean_metrics
 
     per_case = {}
     for case_id, prediction in ensemble.items():
         maps = [m[case_id] for m in member_maps.values()]
         samples = np.stack([m >= 0.5 for m in maps]) if maps else None
-        per_case[case_id] = case_metrics(prediction, truth[case_id], samples)
-    return {"per_case": per_case, "mean": mean_metrics(per_case), "samples": list(member_maps) or None}
+        per_case[case_id] = case_metrics(prediction, truth[case_id], samples, common_count)
+    return {
+        "per_case": per_case,
+        "mean": mean_metrics(per_case),
+        "samples": list(member_maps) or None,
+        "common_count": COMMON_COUNT_RULES,
+    }
 
 
 def reference_scores(truth: dict[str, np.ndarray]) -> dict[str, float]:
@@ -316,7 +326,7 @@ def report_run(
     ensemble_scores = score_cases(ensemble, truth)
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     references = reference_scores(truth)
-    uncertainty = uncertainty_metrics(ensemble, truth, held_maps)
+    uncertainty = uncertainty_metrics(ensemble, truth, held_maps, spec.experts)
     results = {
         "dataset": spec.name,
         "task": task,

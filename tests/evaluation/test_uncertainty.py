@@ -231,24 +231,52 @@ def test_case_metrics_by_hand():
     #   ece (10 bins, each pixel alone): (0.2 + 0 + 0.2 + 0) / 4 = 0.1
     #   soft dice: sum pg = 0.8 + 0.25 = 1.05, sum p = sum g = 1.5 -> 2.1 / 3 = 0.7
     #   samples {A, C}: ged 1/2 (the GED table); hungarian: A-A 1 + B-C 0 beats A-C 0 + B-A 1/2 -> 1/2
+    #   without the diagonal: cross 5/8 as for ged; within samples d(A, C) = 1 over 2 pairs -> 1, within
+    #   experts d(A, B) = 1/2 -> 1/2: 5/4 - 1 - 1/2 = -1/4; the first n = 2 samples are both samples: 1/2
     prediction = np.array([[0.8, 0.5], [0.2, 0.0]])
     metrics = case_metrics(prediction, np.array([A, B]), np.array([A, C]))
-    assert list(metrics) == list(METRICS)
-    assert metrics == pytest.approx({"ged": 0.5, "hungarian_iou": 0.5, "ece": 0.1, "brier": 0.02, "soft_dice": 0.7})
+    assert list(metrics) == [*METRICS, "samples", "experts"]
+    assert metrics == pytest.approx(
+        {
+            "ged": 0.5,
+            "ged_u": -0.25,
+            "hungarian_iou": 0.5,
+            "hungarian_iou_n": 0.5,
+            "ece": 0.1,
+            "brier": 0.02,
+            "soft_dice": 0.7,
+            "samples": 2,
+            "experts": 2,
+        }
+    )
 
 
 def test_case_metrics_perfect_prediction():
     # prediction = mean of {A, B} = [[1, 1/2], [0, 0]], samples = {B, A}: ged 0, hungarian 1, ece 0, brier 0;
     # soft Dice is below 1 on a soft target even for the perfect map: 2 (1 + 1/4) / (3/2 + 3/2) = 5/6
+    # without the diagonal two identical sets of two masks at distance 1/2 give -1/2 (an unbiased estimate)
     metrics = case_metrics(np.array([[1.0, 0.5], [0.0, 0.0]]), stack(A, B), stack(B, A))
-    assert metrics == pytest.approx({"ged": 0.0, "hungarian_iou": 1.0, "ece": 0.0, "brier": 0.0, "soft_dice": 5 / 6})
+    assert metrics == pytest.approx(
+        {
+            "ged": 0.0,
+            "ged_u": -0.5,
+            "hungarian_iou": 1.0,
+            "hungarian_iou_n": 1.0,
+            "ece": 0.0,
+            "brier": 0.0,
+            "soft_dice": 5 / 6,
+            "samples": 2,
+            "experts": 2,
+        }
+    )
 
 
 def test_case_metrics_without_samples_gives_none_for_the_sample_metrics():
     prediction = np.array([[0.8, 0.5], [0.2, 0.0]])
     metrics = case_metrics(prediction, stack(A, B), None)
-    assert metrics["ged"] is None
-    assert metrics["hungarian_iou"] is None
+    assert metrics["ged"] is None and metrics["ged_u"] is None
+    assert metrics["hungarian_iou"] is None and metrics["hungarian_iou_n"] is None
+    assert metrics["samples"] is None and metrics["experts"] == 2
     assert metrics["ece"] == pytest.approx(0.1)  # as in test_case_metrics_by_hand
     assert metrics["brier"] == pytest.approx(0.02)
     assert metrics["soft_dice"] == pytest.approx(0.7)
@@ -256,7 +284,7 @@ def test_case_metrics_without_samples_gives_none_for_the_sample_metrics():
 
 def test_lower_is_better_covers_every_metric():
     assert set(LOWER_IS_BETTER) == set(METRICS)
-    assert [name for name in METRICS if LOWER_IS_BETTER[name]] == ["ged", "ece", "brier"]
+    assert [name for name in METRICS if LOWER_IS_BETTER[name]] == ["ged", "ged_u", "ece", "brier"]
 
 
 def test_mean_metrics():
@@ -264,9 +292,11 @@ def test_mean_metrics():
         "case01": {"ged": 0.5, "hungarian_iou": 1.0, "ece": 0.1, "brier": 0.02, "soft_dice": 0.7},
         "case02": {"ged": 0.0, "hungarian_iou": 0.5, "ece": 0.3, "brier": 0.04, "soft_dice": 0.9},
     }
-    assert mean_metrics(per_case) == pytest.approx(
+    means = mean_metrics(per_case)  # cases gathered before ged_u, hungarian_iou_n and the counts: those are None
+    assert {k: v for k, v in means.items() if v is not None} == pytest.approx(
         {"ged": 0.25, "hungarian_iou": 0.75, "ece": 0.2, "brier": 0.03, "soft_dice": 0.8}
     )
+    assert [k for k, v in means.items() if v is None] == ["ged_u", "hungarian_iou_n", "samples", "experts"]
 
 
 def test_mean_metrics_keeps_none_when_no_case_has_samples():
@@ -294,8 +324,8 @@ def test_mean_metrics_rejects_none_in_some_cases_only():
 def test_mean_metrics_rejects_no_case_and_wrong_keys():
     with pytest.raises(ValueError, match="no case"):
         mean_metrics({})
-    with pytest.raises(ValueError, match="case 'case01' has metrics"):
-        mean_metrics({"case01": {"ece": 0.1}})
+    with pytest.raises(ValueError, match="case 'case01' has unknown metrics \\['ged2'\\]"):
+        mean_metrics({"case01": {"ece": 0.1, "ged2": 0.3}})
 
 
 MAP = np.full((2, 2), 0.5)
@@ -362,3 +392,59 @@ def test_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True)
+
+
+# --- GED and Hungarian IoU at a common sample count -----------------------------------------------------------
+
+
+def test_ged_without_the_diagonal_by_hand():
+    # experts {A, B}, samples {A, C, C}: cross (0 + 1/2 + 1 + 1 + 1 + 1) / 6 = 3/4;
+    # within samples: d(A, C) = 1 in 4 ordered pairs, d(C, C) = 0 -> 4 / 9 with, 4 / 6 without the diagonal;
+    # within experts: d(A, B) = 1/2 in 2 ordered pairs -> 1/4 with, 1/2 without
+    experts, samples = stack(A, B), stack(A, C, C)
+    assert generalised_energy_distance(experts, samples) == pytest.approx(3 / 2 - 4 / 9 - 1 / 4)
+    assert generalised_energy_distance(experts, samples, diagonal=False) == pytest.approx(3 / 2 - 2 / 3 - 1 / 2)
+    # one sample has no pair: its within term is 0; cross d(A, A) = 0, d(A, B) = 1/2 -> 1/4
+    assert generalised_energy_distance(experts, stack(A), diagonal=False) == pytest.approx(1 / 2 - 0 - 1 / 2)
+
+
+def pixels(*indices):
+    """Masks of 16 pixels (4 x 4), each marking the one pixel named."""
+    masks = np.zeros((len(indices), 16), dtype=bool)
+    masks[np.arange(len(indices)), list(indices)] = True
+    return masks.reshape(len(indices), 4, 4)
+
+
+@pytest.mark.parametrize("count", [2, 3, 8])
+def test_the_published_ged_depends_on_the_sample_count_and_the_u_statistic_does_not(count):
+    """Every mask one pixel of its own (all distances 1), 3 experts: the model is the same whatever it
+    draws, but the V-statistic's zero diagonal is 1/m of the samples' diversity term, so its GED is
+    2 - (1 - 1/m) - (1 - 1/3) = 1/m + 1/3; without the diagonal 2 - 1 - 1 = 0 for every count."""
+    experts, samples = pixels(8, 9, 10), pixels(*range(count))
+    assert generalised_energy_distance(experts, samples) == pytest.approx(1 / count + 1 / 3)
+    assert generalised_energy_distance(experts, samples, diagonal=False) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hungarian_iou_of_the_first_n_samples():
+    # experts {A, B}; samples {A, B, C}: the first 2 samples match the experts exactly -> 1;
+    # all three against the experts (lcm 6) must also match C -> lower
+    metrics = case_metrics(np.full((2, 2), 0.5), stack(A, B), stack(A, B, C))
+    assert metrics["hungarian_iou_n"] == pytest.approx(1.0)
+    assert metrics["hungarian_iou"] < 1.0 and metrics["samples"] == 3 and metrics["experts"] == 2
+    fewer = case_metrics(np.full((2, 2), 0.5), stack(A, B, C), stack(A, B))  # 2 samples, 3 experts
+    assert fewer["hungarian_iou_n"] is None and fewer["hungarian_iou"] is not None
+    # the common count is the dataset's experts: a case that lacks one (prostate case09) still matches 3
+    lacking = case_metrics(np.full((2, 2), 0.5), stack(A, B), stack(A, B, C), common_count=3)
+    assert lacking["hungarian_iou_n"] == pytest.approx(lacking["hungarian_iou"]) and lacking["experts"] == 2
+    short = case_metrics(np.full((2, 2), 0.5), stack(A, B), stack(A, B), common_count=3)
+    assert short["hungarian_iou_n"] is None
+
+
+def test_mean_metrics_records_the_counts_and_tolerates_folds_made_before_them():
+    full = case_metrics(np.full((2, 2), 0.5), stack(A, B), stack(A, C))
+    five = {**full, "experts": 5, "samples": 6}
+    means = mean_metrics({"case01": full, "case09": five})
+    assert means["samples"] == [2, 6] and means["experts"] == [2, 5]
+    legacy = {k: v for k, v in full.items() if k in ("ged", "hungarian_iou", "ece", "brier", "soft_dice")}
+    mixed = mean_metrics({"case01": full, "case02": legacy})
+    assert mixed["ged_u"] is None and mixed["samples"] is None and mixed["ged"] == pytest.approx(full["ged"])
