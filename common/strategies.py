@@ -79,6 +79,12 @@ class Strategy:
 
     #: What one of its networks is called in messages ("every expert was trained").
     unit: str = "network"
+    #: What an expert's output is called in the report ("Each expert's own network against the consensus").
+    member_kind: str = "own network"
+
+    def ensemble_label(self, members: int) -> str:
+        """What the reported map is, on the score's line: ``QUBIQ score (<this>): 0.9121``."""
+        raise NotImplementedError
 
     @property
     def masked(self) -> bool:
@@ -110,9 +116,16 @@ class PerExpert(Strategy):
 
         return make_loss(loss, smooth), [dice_coefficient]
 
+    def ensemble_label(self, members):
+        return f"ensemble of {members} expert network(s)"
+
 
 class MultiHead(Strategy):
     name = "multi-head"
+    member_kind = "head of the multi-head network"
+
+    def ensemble_label(self, members):
+        return f"mean of {members} expert head(s) of one network"
 
     def networks(self, experts, seed):
         return [Network("multi-head", seed, tuple(experts), False)]
@@ -139,6 +152,9 @@ class MultiHead(Strategy):
 
 class SoftLabel(Strategy):
     name = "soft-label"
+
+    def ensemble_label(self, members):
+        return "one network trained on the mean expert mask"
 
     def networks(self, experts, seed):
         return [Network("soft-label", seed, (None,), False)]

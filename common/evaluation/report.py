@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from common.evaluation.scoring import THRESHOLDS
+from common.strategies import strategy as _strategy
 
 #: The packages whose versions a run records, by the name it records them under.
 VERSIONED = {
@@ -100,16 +101,16 @@ def format_table(
     strategy: str = "per-expert",
     uncertainty: dict[str, float | None] | None = None,
 ) -> str:
-    """The printed report; its last line is the overall score."""
+    """The printed report; its last line is the overall score (``strategy``, a name, says what it is of)."""
     lines = [
         title,
         "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):",
         *dice_table_lines(ensemble),
     ]
     lines.append("")
+    learner = _strategy(strategy)
     if experts:
-        kind = "head of the multi-head network" if strategy == "multi-head" else "own network"
-        lines.append(f"Each expert's {kind} against the consensus:")
+        lines.append(f"Each expert's {learner.member_kind} against the consensus:")
         for name, result in experts.items():
             lines.append(f"  {name}: {result['score']:.4f}")
     lines.append(
@@ -119,12 +120,7 @@ def format_table(
     if uncertainty is not None:
         lines.append(uncertainty_line(uncertainty))
     lines.append("")
-    what = {
-        "per-expert": f"ensemble of {len(experts)} expert network(s)",
-        "multi-head": f"mean of {len(experts)} expert head(s) of one network",
-        "soft-label": "one network trained on the mean expert mask",
-    }[strategy]
-    lines.append(f"QUBIQ score ({what}): {ensemble['score']:.4f}")
+    lines.append(f"QUBIQ score ({learner.ensemble_label(len(experts))}): {ensemble['score']:.4f}")
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """The uncertainty line of the printed report: the sample count beside the sample-based figures."""
 
+import numpy as np
 import pytest
 
-from common.evaluation.report import uncertainty_line
+from common.evaluation.report import format_table, uncertainty_line
+from common.evaluation.scoring import score_cases
 
 BASE = {"ece": 0.005, "brier": 0.0005, "soft_dice": 0.63}
 
@@ -42,3 +44,24 @@ def test_uncertainty_line(means, shown, reason):
     line = uncertainty_line(means)
     assert line.startswith("Uncertainty metrics (mean over the cases): ") and shown in line
     assert (reason in line) if reason else ("not" not in line)
+
+
+@pytest.mark.parametrize(
+    "strategy, member, last",
+    [
+        ("per-expert", "Each expert's own network against", "ensemble of 2 expert network(s)"),
+        (
+            "multi-head",
+            "Each expert's head of the multi-head network against",
+            "mean of 2 expert head(s) of one network",
+        ),
+        ("soft-label", None, "one network trained on the mean expert mask"),
+    ],
+)
+def test_the_report_says_what_each_strategy_scored(strategy, member, last):
+    """The words come from the strategy (common.strategies), not from the report."""
+    scores = score_cases({"c": np.ones((2, 2))}, {"c": np.ones((1, 2, 2), bool)})
+    experts = {} if member is None else {"seg01": scores, "seg02": scores}
+    table = format_table("T", scores, experts, {"all_background": 0.0}, strategy, None)
+    assert table.splitlines()[-1] == f"QUBIQ score ({last}): 1.0000"
+    assert (member in table) if member else ("Each expert" not in table)
