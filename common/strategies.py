@@ -81,6 +81,8 @@ class Strategy:
     unit: str = "network"
     #: What an expert's output is called in the report ("Each expert's own network against the consensus").
     member_kind: str = "own network"
+    #: What ``--loss`` trains with this strategy (the option's help lists every strategy's).
+    loss_meaning: str = ""
 
     def ensemble_label(self, members: int) -> str:
         """What the reported map is, on the score's line: ``QUBIQ score (<this>): 0.9121``."""
@@ -100,6 +102,7 @@ class Strategy:
 class PerExpert(Strategy):
     name = "per-expert"
     unit = "expert"
+    loss_meaning = "each expert's network on its expert's masks"
 
     def networks(self, experts, seed):
         return [Network(expert_name(e), seed + e, (e,), True) for e in experts]
@@ -123,6 +126,7 @@ class PerExpert(Strategy):
 class MultiHead(Strategy):
     name = "multi-head"
     member_kind = "head of the multi-head network"
+    loss_meaning = "each head on its expert's masks (a missing mask left out)"
 
     def ensemble_label(self, members):
         return f"mean of {members} expert head(s) of one network"
@@ -152,6 +156,7 @@ class MultiHead(Strategy):
 
 class SoftLabel(Strategy):
     name = "soft-label"
+    loss_meaning = "not used: its own squared-denominator soft Dice (dice+bce refused)"
 
     def ensemble_label(self, members):
         return "one network trained on the mean expert mask"
@@ -185,6 +190,11 @@ class SoftLabel(Strategy):
 
 #: The strategies by name (``--strategy``).
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (PerExpert(), MultiHead(), SoftLabel())}
+
+
+def loss_meanings() -> str:
+    """What ``--loss`` means under each strategy, for the option's help."""
+    return "; ".join(f"{s.name}: {s.loss_meaning}" for s in STRATEGIES.values())
 
 
 def strategy(name: str) -> Strategy:

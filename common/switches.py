@@ -31,6 +31,7 @@ from common.spec import (
     DatasetSpec,
     Settings,
 )
+from common.strategies import loss_meanings
 
 PRESETS = ("default", "study", "demo")
 DROPOUT_KINDS = ("spatial", "standard", "none")
@@ -172,7 +173,14 @@ SWITCHES: dict[str, Switch] = {
         Switch("shift", "shift", _float(0, 1, False), _plain, "FRAC", "maximal random shift, fraction of size"),
         Switch("flip", "flip", _on_off, _show_on_off, "on|off", "random horizontal flips"),
         Switch("ct_window", "ct_window", parse_ct_window, show_ct_window, "L/W|off", "CT window LEVEL/WIDTH in HU"),
-        Switch("loss", "loss", _choice(LOSS_NAMES), str, "LOSS", "dice (soft Dice) or dice+bce (plus cross-entropy)"),
+        Switch(
+            "loss",
+            "loss",
+            _choice(LOSS_NAMES),
+            str,
+            "LOSS",
+            f"dice (soft Dice) or dice+bce (plus cross-entropy); {loss_meanings()}",
+        ),
         Switch("learning_rate", "learning_rate", _float(0, None, positive=True), _plain, "LR", "Adam's learning rate"),
         Switch("batch_size", "batch_size", _int(1), _plain, "N", "images per training batch"),
         Switch("epochs", "epochs", _int(1), _plain, "N", "training epochs per network (at most, with --patience)"),

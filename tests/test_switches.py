@@ -10,9 +10,12 @@ import pytest
 
 from common.cli import build_parser, resolve_settings
 from common.data.preprocessing import normalise_image
+from common.datasets import DATASETS, KIDNEY
 from common.runs.folder import network_files
 from common.spec import LOSS_NAMES, ConfigError, Settings
+from common.strategies import STRATEGIES
 from common.switches import (
+    PRESETS,
     SWITCHES,
     apply_switches,
     default_preset,
@@ -21,6 +24,7 @@ from common.switches import (
     parse_value,
     preset,
     show_value,
+    switch,
 )
 from common.training.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss
 from common.training.trainer import EpochRecorder, augmentation_of, build_model, training_dataset
@@ -308,3 +312,20 @@ def test_early_stopping_counts_from_the_log_on_resume(tmp_path):
 def test_argparse_namespace_without_switches_keeps_the_preset():
     args = argparse.Namespace(demo=True, preset=None)
     assert resolve_settings(args, Kidney.STUDY, Kidney.DEMO) == Kidney.DEMO
+
+
+@pytest.mark.parametrize("preset_name", PRESETS)
+@pytest.mark.parametrize("entry", DATASETS.values(), ids=lambda d: d.name)
+def test_every_strategy_trains_from_every_preset_without_naming_a_loss(preset_name, entry):
+    """``--vary strategy=...`` from any preset: no preset sets a loss that one strategy refuses."""
+    base = preset(preset_name, entry.study, entry.demo)
+    for name in STRATEGIES:
+        assert apply_switches(base, {"strategy": name}, entry.spec).strategy == name
+
+
+def test_loss_help_says_what_it_means_per_strategy_and_a_loss_that_does_not_apply_is_refused():
+    help_text = switch("loss").help
+    for name in STRATEGIES:
+        assert f"{name}: " in help_text
+    with pytest.raises(ConfigError, match="strategy soft-label trains on the mean expert mask .* loss 'dice\\+bce'"):
+        apply_switches(KIDNEY.demo, {"strategy": "soft-label", "loss": "dice+bce"})
