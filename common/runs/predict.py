@@ -31,6 +31,7 @@ options (the batch size may change: it changes no map beyond float rounding).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -226,8 +227,6 @@ def check_existing(plan: Prediction) -> None:
     if not plan.options.resume:
         hint = " (or --continue to finish the prediction in it)" if (output / PREDICT_FILE).is_file() else ""
         raise ConfigError(f"-o {output} exists and is not empty; choose another folder{hint} (nothing is overwritten)")
-    import json
-
     try:
         saved = json.loads((output / PREDICT_FILE).read_text())
     except FileNotFoundError:

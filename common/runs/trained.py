@@ -89,16 +89,16 @@ def _read(folder: Path) -> dict:
     return config
 
 
-def _networks(folder: Path, config: dict, fold: int | None) -> tuple[list[TrainedNetwork], list[str]]:
-    """The run folder's planned networks, and what each unfinished one lacks."""
-    found, missing = [], []
+def _networks(folder: Path, config: dict, fold: int | None) -> tuple[list[TrainedNetwork], dict]:
+    """The run folder's planned networks, and what each unfinished one lacks (by its planned network)."""
+    found, missing = [], {}
     top = folder.resolve()
     prefix = f"fold{fold}-" if fold is not None else ""
     for network in planned_networks(config):
         place = folder / network_folder(network)
         model = place / MODEL_FILE
         if not (place / RESULT_FILE).is_file() or not model.is_file():
-            missing.append(f"{network.name} (no {place / RESULT_FILE}: not trained, or still training)")
+            missing[network] = f"{network.name} (no {place / RESULT_FILE}: not trained, or still training)"
             continue
         if top not in model.resolve().parents:
             raise DataError(
@@ -144,10 +144,10 @@ def open_trained(folder: Path, folds: list[int] | None = None) -> TrainedRun:
     if missing:
         from common.runs.jobs import job_command
 
-        per_expert = [int(m.split()[0][3:]) for m in missing if m.startswith("seg")]
-        finish = job_command(config, folder, per_expert) if config.get("jobs") else resume_command(config, folder)
+        experts = [n.heads[0] for n in missing if n.per_expert]
+        finish = job_command(config, folder, experts) if config.get("jobs") else resume_command(config, folder)
         raise ConfigError(
-            f"RUN {folder} is not finished: {len(missing)} network(s) not trained: {'; '.join(missing)}; "
+            f"RUN {folder} is not finished: {len(missing)} network(s) not trained: {'; '.join(missing.values())}; "
             f"finish it with: {finish}"
         )
     settings = Settings.from_dict(config["settings"])
@@ -170,7 +170,7 @@ def _open_cross_validation(folder: Path, config: dict, folds: list[int] | None) 
         fold_config = _read(place)
         found, missing = _networks(place, fold_config, k)
         if missing:
-            unfinished[k] = f"fold{k} ({'; '.join(missing)})"
+            unfinished[k] = f"fold{k} ({'; '.join(missing.values())})"
         networks.extend(found)
     if unfinished:
         others = [k for k in chosen if k not in unfinished]
