@@ -19,9 +19,9 @@ SPLITS = ("train", "validation", "test")
 #: Training losses (see :mod:`common.training.losses`): soft Dice, or soft Dice plus binary cross-entropy.
 LOSS_NAMES = ("dice", "dice+bce")
 
-#: How the experts' masks are learned (see :mod:`common.strategies`, the registry): one network per expert (the study),
-#: one network with a head per expert, or one network trained on the mean expert mask.
-STRATEGIES = tuple(_REGISTRY)
+#: How the experts' masks are learned: the registry of :mod:`common.strategies` itself (name -> strategy), so a
+#: strategy registered later is a choice too.
+STRATEGIES = _REGISTRY
 
 #: ``--distribute``: how each network's training uses the local devices (see
 #: ``common.training.trainer.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
@@ -148,10 +148,9 @@ class Settings:
         loss: ``"dice"`` (the study's soft Dice) or ``"dice+bce"`` (soft Dice plus binary cross-entropy).
         patience: stop an expert's training once its validation loss has not improved for this many
             epochs (early stopping); 0 trains all ``epochs`` (the study).
-        strategy: ``"per-expert"`` (the study: one network per expert, maps averaged), ``"multi-head"``
-            (one network, one sigmoid head per expert, heads averaged) or ``"soft-label"`` (one network
-            trained on the mean expert mask with a squared-denominator soft Dice, minimised at the
-            mean, see ``common.training.losses.SoftLabelLoss``; ``loss`` does not apply).
+        strategy: how the experts' masks are learned, a name of :data:`STRATEGIES` (the study's: one
+            network per expert, maps averaged); each strategy checks the settings it cannot train with
+            (:meth:`common.strategies.Strategy.check`).
         mixed_precision: compute in 16-bit floats where the hardware does it natively (bfloat16 on a
             CPU with AVX512-BF16 or AMX, float16 on a GPU), keeping the weights, the sigmoid output
             and the losses in float32 (see ``common.training.trainer.precision_policy``). It changes the

@@ -1,10 +1,23 @@
 """How the experts' masks are learned: the strategies, each a small object behind one interface.
 
-A strategy says which networks a run trains (:meth:`Strategy.networks`), what each one learns from
-(:meth:`Strategy.targets`), with which loss (:meth:`Strategy.loss`), and which of its outputs are
-members of the ensemble (:meth:`Strategy.members`). Everything else (the plan, training, gathering,
-scoring) is the same for every strategy. Strategies are registered by name in :data:`STRATEGIES`; a
-new one is a subclass here and one entry there; nothing else names a strategy.
+A strategy says everything about itself that differs from another; nothing outside this module (and the
+strategies' own losses) names a strategy. Its hooks, in the order a run meets them:
+
+- :meth:`Strategy.networks`: the networks a run trains, each a :class:`Network` that also names the
+  per-case files its outputs are saved as (``Network.outputs``);
+- :meth:`Strategy.output_channels` and :attr:`Strategy.activation`: the network's output layer;
+- :meth:`Strategy.targets`: what each network learns from, and :attr:`Strategy.binary_targets`, how
+  the targets survive augmentation (warped bilinearly, then re-binarised at 0.5, or kept soft);
+  :attr:`Strategy.masked`: whether missing masks are flagged to the loss;
+- :meth:`Strategy.loss`: the Keras loss and metrics for ``--loss`` (:attr:`Strategy.loss_meaning`
+  says what that is under the strategy; :meth:`Strategy.check` refuses what does not apply);
+- reading a network's saved outputs back, without TensorFlow (the gather step, ``common.predict``):
+  :meth:`Strategy.member_maps` (the maps averaged into the ensemble), :meth:`Strategy.rule_maps`
+  (other ways of reading the same outputs, scored beside the map), :meth:`Strategy.samples` (the binary
+  segmentations the sample-based uncertainty metrics compare with the experts').
+
+Strategies are registered by name in :data:`STRATEGIES` (:func:`register`); a new one is a subclass
+and one registration, here or in the caller's own code (the tests register a toy strategy).
 
 - ``per-expert`` (the study): one network per expert, trained on that expert's masks; the ensemble is
   the mean of their maps, and each network is a sample of the annotators.
@@ -12,6 +25,9 @@ new one is a subclass here and one entry there; nothing else names a strategy.
   loss. The heads are the members.
 - ``soft-label``: one network trained on the mean expert mask (values k/n); its map is the ensemble's
   map itself, and there are no members to sample.
+- ``agreement-classes`` (Zukovec, Dular and Spiclin's QUBIQ 2020 entry): one network whose M + 1
+  softmax classes are the number of the M experts who marked the pixel; the map is read from the class
+  probabilities by a rule (:class:`AgreementClasses`).
 """
 
 from __future__ import annotations
@@ -25,23 +41,32 @@ from common.errors import ConfigError
 
 @dataclass(frozen=True)
 class Network:
-    """One network to train: its name, its seed, and the experts its outputs stand for, in order.
+    """One network to train: its name, its seed, the experts it learns from, and the files it writes.
 
-    ``heads`` is ``[e]`` for expert ``e``'s own network, every expert for a multi-head network, and
-    ``[None]`` for the soft-label network, whose one output is a consensus map, no expert's.
-    ``per_expert`` says whether it is one expert's network (its folder is ``experts/segEE``) or a
-    strategy's only network (``network/``).
+    ``heads`` is ``[e]`` for expert ``e``'s own network, every expert for a network that learns from
+    all of them, and ``[None]`` for the soft-label network, whose one output is a consensus map, no
+    expert's. ``per_expert`` says whether it is one expert's network (its folder is ``experts/segEE``)
+    or a strategy's only network (``network/``). ``outputs`` names, per output channel, the per-case
+    file it is saved as (:func:`common.evaluation.predictions.output_path`): an expert's number (that
+    expert's map), None (the ensemble's map itself), or a name (a file of the network's own); empty:
+    one per head, as ``heads``.
     """
 
     name: str
     seed: int
     heads: tuple[int | None, ...]
     per_expert: bool
+    outputs: tuple[int | str | None, ...] = ()
 
     @property
     def label(self) -> int | str:
         """What the trainer calls the network in its logs (``seg02``, ``multi-head``)."""
         return self.heads[0] if self.per_expert else self.name
+
+    @property
+    def saved(self) -> tuple[int | str | None, ...]:
+        """The per-case files of its output channels, in channel order (see the class's docstring)."""
+        return self.outputs or self.heads
 
 
 def expert_name(expert: int) -> str:
@@ -56,13 +81,31 @@ class Strategy:
     """The interface; see the module's docstring."""
 
     name: str = ""
+    #: One line for ``--strategy``'s help.
+    summary: str = ""
+    #: The output layer's activation: ``"sigmoid"`` or ``"softmax"`` (:func:`common.training.models.build_unet`).
+    activation: str = "sigmoid"
+    #: What one of its networks is called in messages ("every expert was trained").
+    unit: str = "network"
+    #: What an expert's output is called in the report ("Each expert's own network against the consensus").
+    member_kind: str = "own network"
+    #: What ``--loss`` trains with this strategy (the option's help lists every strategy's).
+    loss_meaning: str = ""
+    #: Whether each member is one expert's map: scored alone in the report, and a sample of the experts.
+    members_are_experts: bool = True
+    #: The rule of :meth:`rule_maps` whose map is the member's map (None: the strategy has no rules).
+    map_rule: str | None = None
 
     def networks(self, experts: list[int], seed: int) -> list[Network]:
         raise NotImplementedError
 
+    def output_channels(self, target_channels: int) -> int:
+        """The network's output channels for targets of ``target_channels`` channels."""
+        return target_channels
+
     def targets(self, cases: list, network: Network) -> Targets:
         """Images and training targets of ``cases`` (prepared cases: ``image``, ``masks`` by expert) for
-        ``network``, and which masks exist (``(N, K)`` 0/1, multi-head only); ``(None, None)`` when no
+        ``network``, and which masks exist (``(N, K)`` 0/1, when :attr:`masked`); ``(None, None)`` when no
         case qualifies."""
         raise NotImplementedError
 
@@ -72,17 +115,6 @@ class Strategy:
 
     def check(self, settings) -> None:
         """Refuse settings this strategy cannot train with (called by ``Settings`` when it is made)."""
-
-    def members(self, network: Network) -> list[int | None]:
-        """The ensemble members that ``network``'s outputs are, in output order (None: not a member)."""
-        return list(network.heads)
-
-    #: What one of its networks is called in messages ("every expert was trained").
-    unit: str = "network"
-    #: What an expert's output is called in the report ("Each expert's own network against the consensus").
-    member_kind: str = "own network"
-    #: What ``--loss`` trains with this strategy (the option's help lists every strategy's).
-    loss_meaning: str = ""
 
     def ensemble_label(self, members: int) -> str:
         """What the reported map is, on the score's line: ``QUBIQ score (<this>): 0.9121``."""
@@ -98,9 +130,37 @@ class Strategy:
         """Whether targets are 0/1 masks (re-binarised after augmentation), not soft values."""
         return True
 
+    # --- reading saved outputs (numpy only: the gather step runs without TensorFlow) ---------------------------------
+
+    def member_names(self, network: Network) -> list[str]:
+        """The names of ``network``'s members, in the order of :meth:`member_maps`: ``seg01`` for an
+        expert's output, the network's name for a consensus map."""
+        return [expert_name(h) if h is not None else network.name for h in network.heads]
+
+    def member_maps(self, network: Network, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The probability maps ``network`` adds to the ensemble, from its outputs of one case (one array
+        per entry of ``network.saved``, on any grid); the ensemble is the mean of every network's."""
+        return list(outputs)
+
+    def rule_maps(self, network: Network, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Other ways of reading the same outputs as a map, scored beside the map (none by default)."""
+        return {}
+
+    def samples(self, network: Network, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Binary segmentations of one case for GED and the Hungarian IoU: by default each member that is
+        an expert's map, binarised at 0.5 (none for a consensus map: no sample is invented)."""
+        if not self.members_are_experts:
+            return []
+        return [m >= 0.5 for m in self.member_maps(network, outputs)]
+
+    def sample_names(self, network: Network) -> list[str]:
+        """What each of :meth:`samples` is, in order (for ``results.json``)."""
+        return self.member_names(network) if self.members_are_experts else []
+
 
 class PerExpert(Strategy):
     name = "per-expert"
+    summary = "one network per expert, their maps averaged (the study)"
     unit = "expert"
     loss_meaning = "each expert's network on its expert's masks"
 
@@ -125,6 +185,7 @@ class PerExpert(Strategy):
 
 class MultiHead(Strategy):
     name = "multi-head"
+    summary = "one network, one sigmoid head per expert, the heads averaged"
     member_kind = "head of the multi-head network"
     loss_meaning = "each head on its expert's masks (a missing mask left out)"
 
@@ -156,7 +217,9 @@ class MultiHead(Strategy):
 
 class SoftLabel(Strategy):
     name = "soft-label"
+    summary = "one network trained on the mean expert mask"
     loss_meaning = "not used: its own squared-denominator soft Dice (dice+bce refused)"
+    members_are_experts = False
 
     def ensemble_label(self, members):
         return "one network trained on the mean expert mask"
@@ -188,13 +251,147 @@ class SoftLabel(Strategy):
         return False
 
 
+def agreement_levels(masks: dict[int, np.ndarray], experts: tuple[int, ...]) -> np.ndarray:
+    """The nested agreement-level masks of one case: channel k - 1 is "level >= k", k = 1 .. M.
+
+    ``masks`` are the case's experts' 0/1 masks ``(S, S, 1)`` by expert; ``experts`` the M chosen ones.
+    A pixel's level is the number of chosen experts who marked it. A case that lacks some chosen experts'
+    masks (prostate case09 has 5 of 6) is labelled by the mean of the masks it has, read on the k/M grid:
+    level >= k where (marked / present) >= k / M, tested exactly as ``marked * M >= k * present``. That is
+    the ground truth the score uses (the mean of the present experts' masks) thresholded at k/M, so the
+    levels teach what the score asks at those thresholds; 5 experts of 5 is level M, and 3 of 5 (0.6) is
+    level 3 of 6 (0.5), not 4 (0.67).
+
+    The levels are stored as M nested 0/1 masks, not one integer label, because the augmentation warps
+    targets bilinearly and re-binarises them at 0.5: nested masks warped by one transform stay nested
+    (bilinear interpolation is monotone), so their sum is again a level, where an integer label would
+    be blurred into levels no pixel had.
+    """
+    present = [e for e in experts if e in masks]
+    chosen = len(experts)
+    marked = np.sum([masks[e] >= 0.5 for e in present], axis=0).astype(np.int64)
+    return np.concatenate([marked * chosen >= k * len(present) for k in range(1, chosen + 1)], axis=-1).astype(
+        np.float32
+    )
+
+
+#: The ways of reading agreement-class probabilities as a map (see :func:`agreement_maps`).
+AGREEMENT_RULES = ("argmax", "expectation", "median")
+
+
+def cumulative_levels(classes: list[np.ndarray]) -> np.ndarray:
+    """P(level >= k) for k = 1 .. M, ``(M, rows, cols)``, from the M + 1 class probabilities."""
+    probabilities = np.stack([np.asarray(c, dtype=np.float32) for c in classes])
+    return np.cumsum(probabilities[::-1], axis=0)[::-1][1:]
+
+
+def agreement_maps(classes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The continuous maps of M + 1 class probabilities ``p_0 .. p_M`` (each ``(rows, cols)``), by rule:
+
+    - ``argmax``: the most probable level / M;
+    - ``expectation``: sum_k k p_k / M, the expected fraction of experts;
+    - ``median``: the median level / M, the largest k with P(level >= k) >= 1/2. Only this one agrees
+      with every threshold at once: "median >= tM" is exactly "P(level >= tM) >= 1/2", so thresholding
+      the map at t gives the pixels where the network finds agreement level tM at least as likely as not.
+    """
+    probabilities = np.stack([np.asarray(c, dtype=np.float32) for c in classes])
+    levels = len(classes) - 1
+    at_least = cumulative_levels(classes)
+    return {
+        "argmax": (np.argmax(probabilities, axis=0) / levels).astype(np.float32),
+        "expectation": (np.tensordot(np.arange(levels + 1), probabilities, axes=1) / levels).astype(np.float32),
+        "median": (np.sum(at_least >= 0.5, axis=0) / levels).astype(np.float32),
+    }
+
+
+class AgreementClasses(Strategy):
+    """Agreement levels as classes: one network, M + 1 softmax classes, class k = k of the M experts.
+
+    The targets are :func:`agreement_levels`; the loss (:class:`common.training.losses.AgreementLoss`)
+    is the study's soft Dice applied to each cumulative level "P(level >= k) against level >= k", the
+    masks the QUBIQ score itself compares at the thresholds on the k/M grid, with ``--loss dice+bce``
+    adding the classes' cross-entropy (the published method's nnU-Net loss has both; docs/strategies.md
+    says why the Dice is over the cumulative levels rather than each class). Saved per case: the M + 1
+    class probabilities (``class0`` .. ``classM``), so the gather step scores every rule of
+    :func:`agreement_maps` from files; the map is the :attr:`map_rule` one. Its samples for GED are the
+    M nested level masks "median >= k", which reproduce the map's thresholds but not the experts'
+    individual shapes.
+    """
+
+    name = "agreement-classes"
+    summary = "one network, a pixel's class the number of experts who marked it (M + 1 softmax classes)"
+    activation = "softmax"
+    member_kind = "map"
+    loss_meaning = (
+        "soft Dice of each cumulative agreement level, P(level >= k) against level >= k (dice+bce: plus the "
+        "classes' cross-entropy)"
+    )
+    members_are_experts = False
+    #: The rule whose map is the run's (chosen by measurement: docs/strategies.md).
+    map_rule = "median"
+
+    def ensemble_label(self, members):
+        return f"agreement levels as classes, map: {self.map_rule} level / M"
+
+    def networks(self, experts, seed):
+        classes = tuple(f"class{k}" for k in range(len(experts) + 1))
+        return [Network(self.name, seed, tuple(experts), False, classes)]
+
+    def output_channels(self, target_channels):
+        return target_channels + 1
+
+    def targets(self, cases, network):
+        chosen = [c for c in cases if any(e in c.masks for e in network.heads)]
+        if not chosen:
+            return None, None
+        levels = np.stack([agreement_levels(c.masks, network.heads) for c in chosen])
+        return (np.stack([c.image for c in chosen]), levels), None
+
+    def loss(self, loss, smooth):
+        from common.training.losses import AgreementLoss, agreement_dice
+
+        return AgreementLoss(loss, smooth), [agreement_dice]
+
+    def member_names(self, network):
+        return [network.name]
+
+    def member_maps(self, network, outputs):
+        return [agreement_maps(outputs)[self.map_rule]]
+
+    def rule_maps(self, network, outputs):
+        return agreement_maps(outputs)
+
+    def samples(self, network, outputs):
+        return list(cumulative_levels(outputs) >= 0.5)
+
+    def sample_names(self, network):
+        return [f"{network.name} level>={k}" for k in range(1, len(network.saved))]
+
+
 #: The strategies by name (``--strategy``).
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (PerExpert(), MultiHead(), SoftLabel())}
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(learner: Strategy) -> Strategy:
+    """Add a strategy to :data:`STRATEGIES` (a name taken is refused); returns it."""
+    if not learner.name or learner.name in STRATEGIES:
+        raise ValueError(f"a strategy needs a new name, got {learner.name!r} (taken: {', '.join(STRATEGIES)})")
+    STRATEGIES[learner.name] = learner
+    return learner
+
+
+for _learner in (PerExpert(), MultiHead(), SoftLabel(), AgreementClasses()):
+    register(_learner)
 
 
 def loss_meanings() -> str:
     """What ``--loss`` means under each strategy, for the option's help."""
     return "; ".join(f"{s.name}: {s.loss_meaning}" for s in STRATEGIES.values())
+
+
+def summaries() -> str:
+    """Each strategy in one line, for ``--strategy``'s help."""
+    return "; ".join(f"{s.name} ({s.summary})" for s in STRATEGIES.values())
 
 
 def strategy(name: str) -> Strategy:

@@ -31,7 +31,7 @@ from common.spec import (
     DatasetSpec,
     Settings,
 )
-from common.strategies import loss_meanings
+from common.strategies import loss_meanings, summaries
 
 PRESETS = ("default", "study", "demo")
 DROPOUT_KINDS = ("spatial", "standard", "none")
@@ -96,7 +96,9 @@ def _show_direction(backwards: bool) -> str:
     return "backward" if backwards else "forward"
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+def _choice(options) -> Callable[[str], str]:
+    """A parser accepting the names in ``options`` (a tuple, or a registry read when parsing)."""
+
     def parse(text: str) -> str:
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
@@ -198,8 +200,7 @@ SWITCHES: dict[str, Switch] = {
             _choice(STRATEGIES),
             str,
             "NAME",
-            "per-expert (one network per expert), multi-head (one network, a head per expert) or soft-label "
-            "(one network on the mean expert mask)",
+            summaries(),
         ),
         Switch(
             "mixed_precision",

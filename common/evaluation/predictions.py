@@ -35,6 +35,15 @@ def prediction_path(pred_root: Path, dataset: str, case_id: str, task: int, expe
     return folder / EXPERTS_SUBFOLDER / f"task{task:02d}_seg{expert:02d}.nii.gz"
 
 
+def output_path(pred_root: Path, dataset: str, case_id: str, task: int, network: str, output: int | str | None) -> Path:
+    """Where one saved output of a network goes (an entry of ``Network.saved``, :mod:`common.strategies`):
+    an expert's number is that expert's map, None the ensemble's map itself, and a name a file of the
+    network's own: ``<case>/<network>/taskTT_<name>.nii.gz``."""
+    if output is None or isinstance(output, int):
+        return prediction_path(pred_root, dataset, case_id, task, output)
+    return Path(pred_root) / dataset / case_id / network / f"task{task:02d}_{output}.nii.gz"
+
+
 def _nifti_suffix(path: Path) -> str:
     for suffix in (".nii.gz", ".nii"):
         if path.name.endswith(suffix):

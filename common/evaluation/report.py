@@ -98,10 +98,14 @@ def format_table(
     ensemble: dict,
     experts: dict[str, dict],
     references: dict[str, float],
-    strategy: str = "per-expert",
+    strategy: str,
     uncertainty: dict[str, float | None] | None = None,
+    rules: dict[str, float] | None = None,
 ) -> str:
-    """The printed report; its last line is the overall score (``strategy``, a name, says what it is of)."""
+    """The printed report; its last line is the overall score (``strategy``, a name, says what it is of).
+
+    ``rules``: the score of each way the strategy reads its outputs as a map (agreement classes: argmax,
+    expectation, median), printed on one line with the rule the map uses."""
     lines = [
         title,
         "Dice of the ensemble at each threshold (prediction >= t vs. expert consensus >= t):",
@@ -117,6 +121,11 @@ def format_table(
         "Trivial predictions on the same cases, for reference: "
         + ", ".join(f"{name.replace('_', '-')} {value:.4f}" for name, value in references.items())
     )
+    if rules:
+        lines.append(
+            f"QUBIQ score by map rule (the map: {learner.map_rule}): "
+            + ", ".join(f"{rule} {score:.4f}" for rule, score in rules.items())
+        )
     if uncertainty is not None:
         lines.append(uncertainty_line(uncertainty))
     lines.append("")

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.data.cases import DataError
-from common.evaluation.predictions import prediction_path
+from common.evaluation.predictions import output_path
 from common.runs.storage import retrain_hint, write_atomic
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.training.files import NetworkFiles
@@ -437,13 +437,14 @@ def claim_config(run_dir: Path, config: dict) -> None:
 
 
 def output_map_paths(run_dir: Path, dataset: str, task: int, network, case_ids: list[str]) -> list[list[Path]]:
-    """Per output of ``network`` (a :class:`common.strategies.Network`), its map of each case.
+    """Per output channel of ``network`` (a :class:`common.strategies.Network`), its file of each case.
 
-    An output standing for expert ``e`` is that expert's map (``.../experts/taskTT_segEE``); the one
-    output of the soft-label network, no expert's, is the ensemble's map itself.
+    As ``network.saved`` says (:func:`common.evaluation.predictions.output_path`): an output standing for
+    expert ``e`` is that expert's map (``.../experts/taskTT_segEE``), a consensus output the ensemble's
+    map itself, and a named output (a class's probabilities) a file in the case's folder of the network.
     """
     root = Path(run_dir) / PREDICTIONS_FOLDER
-    return [[prediction_path(root, dataset, c, task, head) for c in case_ids] for head in network.heads]
+    return [[output_path(root, dataset, c, task, network.name, o) for c in case_ids] for o in network.saved]
 
 
 def network_complete(run_dir: Path, dataset: str, task: int, network, case_ids: list[str]) -> bool:

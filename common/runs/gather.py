@@ -12,6 +12,7 @@ files, score again", so a gathered run is scored by exactly the code that scores
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -205,30 +206,13 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
             f"{spec.title}, task {task} ({spec.task_name(task)}): gathered the saved maps of {len(networks)} "
             f"network(s) in {run_dir} (no network was run)"
         )
-    averager = MapAverager()
-    held_maps: dict[str, dict[str, np.ndarray]] = {}
-    read: set[Path] = set()  # the maps the networks wrote
-    for network in networks:
-        paths = output_map_paths(run_dir, spec.name, task, network, predicted)
-        for head, head_paths in zip(network.heads, paths, strict=True):
-            if head is not None:
-                held_maps[expert_name(head)] = {}
-            for case_id, path in zip(predicted, head_paths, strict=True):
-                probability = read_prediction(path)
-                read.add(path)
-                try:
-                    averager.add(case_id, probability)
-                except ValueError as error:
-                    raise DataError(f"{run_dir}: {network.name}'s map of {error}") from error
-                if head is not None and case_id in sources.held_out:
-                    held_maps[expert_name(head)][case_id] = probability
-    ensemble = averager.mean()
+    maps = read_maps(run_dir, spec.name, task, settings, networks, predicted, set(held_out))
     root = Path(run_dir) / PREDICTIONS_FOLDER
     for case_id in predicted:
         path = prediction_path(root, spec.name, case_id, task)
-        if path not in read:  # the soft-label network's map is the ensemble's map itself
+        if path not in maps.read:  # a consensus network's map is the ensemble's map itself
             try:
-                write_prediction(path, ensemble[case_id], sources.references[case_id])
+                write_prediction(path, maps.ensemble[case_id], sources.references[case_id])
             except ValueError as error:
                 raise DataError(str(error)) from error
     trained = {}
@@ -249,8 +233,7 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
         settings,
         task,
         scored,
-        {case_id: ensemble[case_id] for case_id in held_out},
-        held_maps,
+        maps.held_out(held_out),
         trained,
         {
             "folder": str(root),
@@ -264,30 +247,91 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
     )
 
 
+@dataclass
+class GatheredMaps:
+    """What the networks' saved outputs give, read back by their strategy's hooks.
+
+    ``ensemble``: case -> the mean of every member's map; ``members``: member -> case -> map, for the
+    members that are experts' (held-out cases only); ``samples``: case -> the binary segmentations for
+    the sample-based metrics (held-out), and ``sample_names`` what they are; ``rules``: rule -> case ->
+    map, the other readings of the outputs (held-out, averaged over the networks); ``read``: the files read.
+    """
+
+    ensemble: dict[str, np.ndarray]
+    members: dict[str, dict[str, np.ndarray]]
+    samples: dict[str, list[np.ndarray]]
+    sample_names: list[str]
+    rules: dict[str, dict[str, np.ndarray]]
+    read: set[Path]
+
+    def held_out(self, cases: list[str]) -> GatheredMaps:
+        """The same, with the ensemble of ``cases`` only (what is scored)."""
+        return dataclasses.replace(self, ensemble={c: self.ensemble[c] for c in cases})
+
+
+def read_maps(
+    run_dir: Path, dataset: str, task: int, settings: Settings, networks: list, predicted: list[str], held_out: set[str]
+) -> GatheredMaps:
+    """Every network's saved outputs of every predicted case, turned into maps by the run's strategy
+    (:meth:`~common.strategies.Strategy.member_maps`, ``rule_maps``, ``samples``) and averaged."""
+    from common.strategies import strategy
+
+    learner = strategy(settings.strategy)
+    averager, rules = MapAverager(), {}
+    members: dict[str, dict[str, np.ndarray]] = {}
+    samples: dict[str, list[np.ndarray]] = {c: [] for c in predicted if c in held_out}
+    read: set[Path] = set()
+    sample_names = [name for network in networks for name in learner.sample_names(network)]
+    for network in networks:
+        paths = output_map_paths(run_dir, dataset, task, network, predicted)
+        names = learner.member_names(network)
+        if learner.members_are_experts:
+            members.update({name: {} for name in names})
+        for index, case_id in enumerate(predicted):
+            outputs = [read_prediction(p[index]) for p in paths]
+            read.update(p[index] for p in paths)
+            try:
+                for name, probability in zip(names, learner.member_maps(network, outputs), strict=True):
+                    averager.add(case_id, probability)
+                    if learner.members_are_experts and case_id in held_out:
+                        members[name][case_id] = probability
+                if case_id in held_out:
+                    for rule, probability in learner.rule_maps(network, outputs).items():
+                        rules.setdefault(rule, MapAverager()).add(case_id, probability)
+                    samples[case_id].extend(learner.samples(network, outputs))
+            except ValueError as error:
+                raise DataError(f"{run_dir}: {network.name}'s map of {error}") from error
+    return GatheredMaps(
+        averager.mean(), members, samples, sample_names, {rule: a.mean() for rule, a in rules.items()}, read
+    )
+
+
 def uncertainty_metrics(
     ensemble: dict[str, np.ndarray],
     truth: dict[str, np.ndarray],
-    member_maps: dict[str, dict[str, np.ndarray]],
+    samples: dict[str, list[np.ndarray]],
+    names: list[str] | None,
     common_count: int | None = None,
 ) -> dict:
     """GED, Hungarian IoU, ECE, Brier and soft Dice per case and their means (:mod:`common.evaluation.uncertainty`).
 
-    The samples are the members of the ensemble (each expert's network, or each head) binarised at
-    0.5, in the order of the networks (so "the first n samples" are the first experts'); with no members
-    (soft-label: one map) the sample-based metrics are None, not invented. Each case records its sample
-    and expert counts; ``common_count`` states how the figures at a common count are made.
+    ``samples`` are each case's binary segmentations, as the strategy gives them
+    (:meth:`common.strategies.Strategy.samples`: each expert's network or head binarised at 0.5, in the
+    order of the networks, so "the first n samples" are the first experts'); with none (one consensus
+    map) the sample-based metrics are None, not invented. ``names`` says what the samples are. Each case
+    records its sample and expert counts; ``common_count`` states how the figures at a common count are made.
     """
     from common.evaluation.uncertainty import COMMON_COUNT_RULES, case_metrics, mean_metrics
 
     per_case = {}
     for case_id, prediction in ensemble.items():
-        maps = [m[case_id] for m in member_maps.values()]
-        samples = np.stack([m >= 0.5 for m in maps]) if maps else None
-        per_case[case_id] = case_metrics(prediction, truth[case_id], samples, common_count)
+        drawn = samples.get(case_id) or []
+        stacked = np.stack([np.asarray(m, dtype=bool) for m in drawn]) if drawn else None
+        per_case[case_id] = case_metrics(prediction, truth[case_id], stacked, common_count)
     return {
         "per_case": per_case,
         "mean": mean_metrics(per_case),
-        "samples": list(member_maps) or None,
+        "samples": names or None,
         "common_count": COMMON_COUNT_RULES,
     }
 
@@ -306,8 +350,7 @@ def report_run(
     settings: Settings,
     task: int,
     scored: list[PreparedCase],
-    ensemble: dict[str, np.ndarray],
-    held_maps: dict[str, dict[str, np.ndarray]],
+    maps: GatheredMaps,
     networks: dict[str, dict],
     predictions: dict,
     runlog: RunLog,
@@ -318,15 +361,19 @@ def report_run(
     ``dice_matrix.csv`` and the plots (unless ``plot_logs``, the training logs to draw, is None); log
     the table.
 
-    ``ensemble`` and ``held_maps`` (member -> case -> map) hold the held-out cases'
-    maps; ``networks`` each trained network's ``result.json`` entries (without ``expert``); the
-    training time is the sum of theirs.
+    ``maps`` holds the held-out cases' maps (:class:`GatheredMaps`); ``networks`` each trained network's
+    ``result.json`` entries (without ``expert``); the training time is the sum of theirs.
     """
+    from common.strategies import strategy
+
+    learner = strategy(settings.strategy)
+    ensemble, held_maps = maps.ensemble, maps.members
     truth = {c.case.case_id: c.original_masks for c in scored}
     ensemble_scores = score_cases(ensemble, truth)
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
+    rule_scores = {rule: score_cases(m, truth) for rule, m in maps.rules.items()}
     references = reference_scores(truth)
-    uncertainty = uncertainty_metrics(ensemble, truth, held_maps, spec.experts)
+    uncertainty = uncertainty_metrics(ensemble, truth, maps.samples, maps.sample_names, spec.experts)
     results = {
         "dataset": spec.name,
         "task": task,
@@ -347,6 +394,16 @@ def report_run(
             for name, s in expert_scores.items()
         },
         "experts_in_ensemble": list(held_maps),
+        **(
+            {
+                "map_rule": learner.map_rule,
+                "map_rules": {
+                    rule: {"score": r["score"], "per_threshold": r["per_threshold"]} for rule, r in rule_scores.items()
+                },
+            }
+            if rule_scores
+            else {}
+        ),
         "strategy": settings.strategy,
         "networks": networks,
         "uncertainty": uncertainty,
@@ -371,7 +428,17 @@ def report_run(
             plot_logs,
         )
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(ensemble)} held-out cases"
-    runlog(format_table(title, ensemble_scores, expert_scores, references, settings.strategy, uncertainty["mean"]))
+    runlog(
+        format_table(
+            title,
+            ensemble_scores,
+            expert_scores,
+            references,
+            settings.strategy,
+            uncertainty["mean"],
+            {rule: r["score"] for rule, r in rule_scores.items()},
+        )
+    )
     return results
 
 

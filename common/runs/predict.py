@@ -19,8 +19,10 @@ holds::
                                           each input with its outputs
 
 ``<stem>`` is the input file's name without ``.nii(.gz)``, or ``<case>/taskTT`` for a QUBIQ case folder
-(the layout of a submission); ``<member>`` is ``seg01`` ..., ``soft-label``, or in a cross-validation
-``fold2-seg01`` (:mod:`common.runs.trained`).
+(the layout of a submission); ``<member>`` is ``seg01`` ..., a consensus network's name, or in a
+cross-validation ``fold2-seg01`` (:mod:`common.runs.trained`). Each network's outputs become its members'
+maps on the image's grid by the run's strategy (:meth:`common.strategies.Strategy.member_maps`), as in
+the gather step.
 
 Everything that can be known before the first map is checked first, every problem listed: the run, the
 options, each input's header (channels against the run's, 2D), and the output names. Maps are written
@@ -48,6 +50,7 @@ from common.evaluation.ensemble import MapAverager, binary_entropy_bits
 from common.runs.storage import StorageError, write_json
 from common.runs.trained import TrainedRun, open_trained
 from common.spec import ConfigError
+from common.strategies import strategy
 from common.training.tta import TTA
 
 PREDICT_FILE = "predict.json"
@@ -332,11 +335,12 @@ def predict_chunk(plan: Prediction, predictor, saved: list, items: list[InputIma
         images.append(to_input(normalise_image(image, settings.ct_window), geometries[item.name]))
     batch = np.stack(images)
     averager = MapAverager()
+    learner = strategy(settings.strategy)
     for network, weights in zip(plan.run.networks, saved, strict=True):
         maps = predictor.predict(weights, batch)
-        for channel, member in enumerate(network.members):
-            for index, item in enumerate(items):
-                on_case = from_input(maps[index, ..., channel], geometries[item.name])
+        for index, item in enumerate(items):
+            outputs = [from_input(maps[index, ..., c], geometries[item.name]) for c in range(maps.shape[-1])]
+            for member, on_case in zip(network.members, learner.member_maps(network.network, outputs), strict=True):
                 averager.add(item.name, on_case)
                 if plan.options.save_members:
                     write_map(plan.outputs[item.name][f"member:{member}"], on_case, references[item.name])

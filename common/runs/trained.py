@@ -2,8 +2,8 @@
 
 A run folder gives its planned networks (the strategy's, from ``config.json``); a cross-validation folder
 gives every chosen fold's, which form one ensemble, as nnU-Net predicts with all its folds by default.
-Each network's outputs are the ensemble's members: an expert's network (``seg01``), a head of the
-multi-head network (``seg01`` ...), the soft-label network's one map (``soft-label``); in a
+Each network's members are named by its strategy (:meth:`common.strategies.Strategy.member_names`): an
+expert's network or head is ``seg01``, a consensus network's map is the network's name; in a
 cross-validation each is prefixed with its fold (``fold2-seg01``), so no two members share a name.
 
 Networks are looked for only inside the folder given, at the place the run folder's layout names
@@ -24,7 +24,6 @@ from common.runs.folder import (
     MODEL_FILE,
     RESULT_FILE,
     VARIANTS_FOLDER,
-    expert_name,
     fold_folder,
     network_folder,
     planned_networks,
@@ -32,16 +31,19 @@ from common.runs.folder import (
 )
 from common.runs.gather import spec_from_config
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.strategies import Network, strategy
 
 
 @dataclass(frozen=True)
 class TrainedNetwork:
-    """One saved network of the ensemble: its file and the member each of its outputs is."""
+    """One saved network of the ensemble: its file, the planned network (which says what its outputs
+    are) and the names of the members it gives."""
 
     name: str
     fold: int | None
     model: Path
     members: tuple[str, ...]
+    network: Network
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def _networks(folder: Path, config: dict, fold: int | None) -> tuple[list[Traine
     found, missing = [], {}
     top = folder.resolve()
     prefix = f"fold{fold}-" if fold is not None else ""
+    learner = strategy(Settings.from_dict(config["settings"]).strategy)
     for network in planned_networks(config):
         place = folder / network_folder(network)
         model = place / MODEL_FILE
@@ -105,8 +108,8 @@ def _networks(folder: Path, config: dict, fold: int | None) -> tuple[list[Traine
                 f"RUN {folder}: {model} leads out of the run folder (to {model.resolve()}); networks are read only "
                 "from inside the folder given"
             )
-        members = tuple(prefix + (expert_name(h) if h is not None else network.name) for h in network.heads)
-        found.append(TrainedNetwork(network.name, fold, model, members))
+        members = tuple(prefix + m for m in learner.member_names(network))
+        found.append(TrainedNetwork(network.name, fold, model, members, network))
     return found, missing
 
 

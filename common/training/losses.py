@@ -385,3 +385,82 @@ class SoftLabelLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "bce_weight": self.bce_weight, "smooth": self.smooth}
+
+
+def _split_levels(y_true, y_pred):
+    """``y_true``: M nested level masks "level >= k" ``(batch, rows, cols, M)``; ``y_pred``: the M + 1 class
+    probabilities. Returns both as cumulative levels ``(batch, M, rows, cols)``: the masks, and
+    P(level >= k), the sum of the class probabilities from k up."""
+    levels = y_pred.shape[-1] - 1 if y_pred.shape[-1] is not None else None
+    if levels is not None and y_true.shape[-1] is not None and y_true.shape[-1] != levels:
+        raise ValueError(
+            f"agreement targets must hold one level mask per class above 0 ({levels}), got {y_true.shape[-1]}"
+        )
+    at_least = ops.flip(ops.cumsum(ops.flip(y_pred, axis=-1), axis=-1), axis=-1)[..., 1:]
+    at_least = ops.clip(at_least, 0.0, 1.0)  # a sum of float32 probabilities may pass 1 by rounding
+    return ops.transpose(y_true, (0, 3, 1, 2)), ops.transpose(at_least, (0, 3, 1, 2))
+
+
+@keras.saving.register_keras_serializable(package="qubiq")
+class AgreementLoss(keras.losses.Loss):
+    """The agreement-classes loss: soft Dice of each cumulative level, optionally plus the classes' cross-entropy.
+
+    The network's M + 1 softmax channels are the probabilities of a pixel's agreement level (how many of
+    the M experts marked it); ``y_true`` holds the M nested masks "level >= k" (``agreement_levels`` in
+    :mod:`common.strategies`). For image ``b``::
+
+        P_k = sum_{j >= k} p_j                                    (k = 1 .. M)
+        dice_bk = (2 sum(P_k g_k) + s) / (sum(P_k) + sum(g_k) + s)
+        loss_b  = mean_k (1 - dice_bk)    [+ mean over pixels of -sum_k onehot_k log p_k, for "dice+bce"]
+
+    The Dice is the study's soft Dice (``SoftDiceLoss``, the same smoothing), applied to the masks the
+    QUBIQ score compares: the mean expert mask thresholded at t is "level >= tM". The class one-hot of
+    the cross-entropy is recovered from the nested masks (``onehot_k = g_k - g_{k+1}``, ``g_0 = 1``).
+
+    Args:
+        loss: ``"dice"`` or ``"dice+bce"`` (the cross-entropy added, weight 1).
+        smooth: the Dice smoothing, as ``SoftDiceLoss``.
+    """
+
+    epsilon = SoftDiceBCELoss.epsilon
+
+    def __init__(self, loss: str = "dice", smooth: float = 1.0, name: str = "agreement", **kwargs) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"AgreementLoss: unknown loss {loss!r}, expected one of {', '.join(map(repr, LOSSES))}")
+        if not float(smooth) >= 0.0:
+            raise ValueError(f"AgreementLoss: smooth must be >= 0, got {smooth}")
+        super().__init__(name=name, **kwargs)
+        self.loss, self.smooth = loss, float(smooth)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        masks, at_least = _split_levels(y_true, y_pred)
+        intersection = ops.sum(masks * at_least, axis=(2, 3))
+        total = ops.sum(masks, axis=(2, 3)) + ops.sum(at_least, axis=(2, 3))
+        per_level = 1.0 - (2.0 * intersection + self.smooth) / ops.maximum(total + self.smooth, EPSILON)
+        loss = ops.mean(per_level, axis=1)
+        if self.loss == "dice+bce":
+            ones = ops.ones_like(y_true[..., :1])
+            upper = ops.concatenate([ones, y_true], axis=-1)
+            lower = ops.concatenate([y_true, ops.zeros_like(ones)], axis=-1)
+            onehot = upper - lower  # level >= k and not >= k + 1
+            p = ops.clip(y_pred, self.epsilon, 1.0)
+            loss = loss + ops.mean(-ops.sum(onehot * ops.log(p), axis=-1), axis=(1, 2))
+        return loss
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "loss": self.loss, "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="qubiq")
+def agreement_dice(y_true, y_pred, threshold: float = 0.5):
+    """The hard Dice of each cumulative level (P(level >= k) >= 0.5 against level >= k), averaged per image;
+    a level empty in both is 1."""
+    masks, at_least = _split_levels(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+    truth = ops.cast(masks >= threshold, "float32")
+    pred = ops.cast(at_least >= threshold, "float32")
+    intersection = ops.sum(truth * pred, axis=(2, 3))
+    total = ops.sum(truth, axis=(2, 3)) + ops.sum(pred, axis=(2, 3))
+    both_empty = ops.equal(total, 0.0)
+    return ops.mean(ops.where(both_empty, 1.0, 2.0 * intersection / ops.where(both_empty, 1.0, total)), axis=1)

@@ -18,6 +18,8 @@ from keras import layers
 DROPOUT_KINDS = ("spatial", "standard", "none")
 #: ``initializer`` -> the kernel initialiser of the 3x3, transposed and ConvLSTM input convolutions.
 INITIALIZERS = {"glorot": "glorot_uniform", "he": "he_normal"}
+#: The output layer's activations (a strategy chooses: :meth:`common.strategies.Strategy.activation`).
+ACTIVATIONS = ("sigmoid", "softmax")
 
 
 def build_unet(
@@ -32,6 +34,7 @@ def build_unet(
     outputs: int = 1,
     initializer: str = "glorot",
     convlstm_backwards: bool = True,
+    activation: str = "sigmoid",
 ) -> keras.Model:
     """Builds the study's 2D U-Net (Ronneberger et al. 2015), optionally with a BCDU-Net decoder.
 
@@ -41,7 +44,7 @@ def build_unet(
     normalisation (when ``batch_norm``) and ReLU. Downsampling is 2x2 max pooling; upsampling is
     a 3x3 stride-2 transposed convolution to the filters of the level it returns to. Dropout
     follows every pooling and every decoder merge. The output is a 1x1 convolution with a
-    sigmoid, computed in float32 so that a mixed-precision policy can be set later.
+    sigmoid (or a softmax over classes), computed in float32 so that a mixed-precision policy can be set later.
 
     Decoder merge:
         - ``convlstm=False``: concatenation of the skip and the upsampled tensor on channels.
@@ -74,8 +77,10 @@ def build_unet(
         batch_norm: batch normalisation after every 3x3 convolution.
         convlstm: use the BCDU-Net ConvLSTM2D merge in the decoder.
         name: the model's name.
-        outputs: sigmoid output channels of the final 1x1 convolution: 1, or one head per expert
-            (the multi-head strategy: every layer shared but the heads' 1x1 weights).
+        outputs: output channels of the final 1x1 convolution: 1, one head per expert (every layer
+            shared but the heads' 1x1 weights), or one per class.
+        activation: ``"sigmoid"`` (each channel its own probability) or ``"softmax"`` (the channels are
+            the probabilities of exclusive classes, summing to 1 at each pixel).
         initializer: ``"glorot"`` (the study's) or ``"he"``, see above.
         convlstm_backwards: read the ConvLSTM merge's sequence backwards (the study's), see above.
 
@@ -86,7 +91,7 @@ def build_unet(
     Raises:
         ValueError: if ``depth`` or ``base_filters`` is below 1, the input shape is not 3 positive
             numbers or is not divisible by ``2**depth``, ``dropout`` is unknown, or
-            ``dropout_rate`` is outside [0, 1).
+            ``dropout_rate`` is outside [0, 1), or ``activation`` is unknown (or softmax of one channel).
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -104,6 +109,10 @@ def build_unet(
             )
     if outputs < 1:
         raise ValueError(f"outputs must be >= 1, got {outputs}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if activation == "softmax" and outputs < 2:
+        raise ValueError(f"a softmax output needs at least 2 classes, got outputs={outputs}")
     if initializer not in INITIALIZERS:
         raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}")
     kernel = INITIALIZERS[initializer]
@@ -168,5 +177,5 @@ def build_unet(
         x = maybe_dropout(x, prefix)
         x = conv_block(x, filters, prefix)
 
-    probabilities = layers.Conv2D(outputs, 1, activation="sigmoid", dtype="float32", name="probability")(x)
+    probabilities = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="probability")(x)
     return keras.Model(inputs, probabilities, name=name)

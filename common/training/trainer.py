@@ -184,9 +184,11 @@ def set_synchronized_batch_norm(model: keras.Model, synchronized: bool) -> None:
 
 
 def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Model:
-    """The study's U-Net for ``settings`` (input ``input_size x input_size x channels``, ``outputs`` sigmoid maps)."""
+    """The study's U-Net for ``settings`` (input ``input_size x input_size x channels``, ``outputs`` maps with
+    the strategy's activation)."""
     return build_unet(
         (settings.input_size, settings.input_size, channels),
+        activation=strategy(settings.strategy).activation,
         outputs=outputs,
         depth=settings.depth,
         base_filters=settings.base_filters,
@@ -424,6 +426,11 @@ def compile_for(model: keras.Model, settings: Settings) -> None:
     )
 
 
+def output_channels(settings: Settings, targets: np.ndarray) -> int:
+    """The network's output channels for ``targets`` ``(N, S, S, K)``: K, or as the strategy says."""
+    return strategy(settings.strategy).output_channels(int(targets.shape[-1]))
+
+
 def network_label(expert: int | str) -> str:
     return f"seg{expert:02d}" if isinstance(expert, int) else str(expert)
 
@@ -502,7 +509,8 @@ class Trainer:
             expert: the expert's number, or a name for a network that learns from all experts (for names only).
             train: images ``(N, S, S, C)`` and targets ``(N, S, S, K)`` on the network's grid: one expert's
                 masks (K = 1), the mean expert mask (soft-label), or one mask per head (multi-head; a
-                missing mask is all 0 and flagged in ``available``). The network gets K outputs.
+                missing mask is all 0 and flagged in ``available``), or what the strategy makes. The network
+                gets the strategy's outputs for K (:meth:`common.strategies.Strategy.output_channels`).
             validation: the same for the validation cases, or None to monitor the training loss.
             settings: network, optimiser and augmentation.
             files: where the kept model, the per-epoch log and the backup go (:class:`NetworkFiles`).
@@ -551,7 +559,7 @@ class Trainer:
                     available,
                     replicas,
                 )
-            if not NETWORKS.holds(settings, train[0].shape[-1], train[1].shape[-1]):
+            if not NETWORKS.holds(settings, train[0].shape[-1], output_channels(settings, train[1])):
                 keras.backend.clear_session()  # outside the strategy's scope: it resets the graph the scope is on
         return result
 
@@ -584,9 +592,10 @@ class Trainer:
             model = load_saved(backup_path, compile=True)
             log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
         elif replicas == 1 and self.reuse_networks:
-            model = NETWORKS.network(settings, train[0].shape[-1], train[1].shape[-1], keras.config.dtype_policy().name)
+            outputs = output_channels(settings, train[1])
+            model = NETWORKS.network(settings, train[0].shape[-1], outputs, keras.config.dtype_policy().name)
         else:
-            model = build_model(settings, channels=train[0].shape[-1], outputs=train[1].shape[-1])
+            model = build_model(settings, channels=train[0].shape[-1], outputs=output_channels(settings, train[1]))
             compile_for(model, settings)
         set_synchronized_batch_norm(model, replicas > 1)
         parameters = model.count_params()

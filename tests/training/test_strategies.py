@@ -11,7 +11,7 @@ from common.data.prepared import PreparedCase
 from common.runs.folder import network_folder
 from common.runs.pipeline import run_task
 from common.spec import ConfigError, Settings
-from common.strategies import STRATEGIES, Network, strategy
+from common.strategies import STRATEGIES, Network, register, strategy
 from common.training.augmentation import apply_transforms
 from common.training.losses import MultiHeadLoss, SoftDiceLoss, SoftLabelLoss, multi_head_dice
 from common.training.models import build_unet
@@ -37,15 +37,19 @@ def test_networks_of_each_strategy():
     ]
     assert networks("multi-head", [1, 3], 10) == [("multi-head", "network", 10, (1, 3))]
     assert networks("soft-label", [1, 3], 10) == [("soft-label", "network", 10, (None,))]
+    assert networks("agreement-classes", [1, 3], 10) == [("agreement-classes", "network", 10, (1, 3))]
 
 
 def test_registry_names_every_strategy_once():
     from common.spec import STRATEGIES as SETTINGS_CHOICES
 
-    assert tuple(STRATEGIES) == SETTINGS_CHOICES == ("per-expert", "multi-head", "soft-label")
+    assert SETTINGS_CHOICES is STRATEGIES  # one registry: a strategy registered later is a choice too
+    assert tuple(STRATEGIES)[:4] == ("per-expert", "multi-head", "soft-label", "agreement-classes")
     assert all(s.name == name for name, s in STRATEGIES.items())
-    with pytest.raises(ConfigError, match="strategy must be one of per-expert, multi-head, soft-label, got 'x'"):
+    with pytest.raises(ConfigError, match="strategy must be one of per-expert, multi-head, soft-label, agreement-class"):
         strategy("x")
+    with pytest.raises(ValueError, match="needs a new name"):
+        register(STRATEGIES["per-expert"])
 
 
 def targets(name, heads):
