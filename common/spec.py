@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.strategies import STRATEGIES as _REGISTRY
+from common.strategies import STUDY_STRATEGY as _STUDY_STRATEGY
 from common.strategies import strategy as _strategy
 
 SPLITS = ("train", "validation", "test")
@@ -187,7 +188,7 @@ class Settings:
     flip: bool = True
     loss: str = "dice"
     patience: int = 0
-    strategy: str = "per-expert"
+    strategy: str = _STUDY_STRATEGY
     mixed_precision: bool = False
     convlstm_backwards: bool = True
     initializer: str = "glorot"

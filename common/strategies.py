@@ -134,8 +134,10 @@ class Strategy:
 
     def member_names(self, network: Network) -> list[str]:
         """The names of ``network``'s members, in the order of :meth:`member_maps`: ``seg01`` for an
-        expert's output, the network's name for a consensus map."""
-        return [expert_name(h) if h is not None else network.name for h in network.heads]
+        expert's output, the network's name for a strategy whose members are not experts' (one map)."""
+        if not self.members_are_experts:
+            return [network.name]
+        return [expert_name(h) for h in network.heads]
 
     def member_maps(self, network: Network, outputs: list[np.ndarray]) -> list[np.ndarray]:
         """The probability maps ``network`` adds to the ensemble, from its outputs of one case (one array
@@ -256,11 +258,13 @@ def agreement_levels(masks: dict[int, np.ndarray], experts: tuple[int, ...]) -> 
 
     ``masks`` are the case's experts' 0/1 masks ``(S, S, 1)`` by expert; ``experts`` the M chosen ones.
     A pixel's level is the number of chosen experts who marked it. A case that lacks some chosen experts'
-    masks (prostate case09 has 5 of 6) is labelled by the mean of the masks it has, read on the k/M grid:
-    level >= k where (marked / present) >= k / M, tested exactly as ``marked * M >= k * present``. That is
-    the ground truth the score uses (the mean of the present experts' masks) thresholded at k/M, so the
-    levels teach what the score asks at those thresholds; 5 experts of 5 is level M, and 3 of 5 (0.6) is
-    level 3 of 6 (0.5), not 4 (0.67).
+    masks (prostate case09 has 5 of 6) gets the level nearest the fraction of its present experts who
+    marked the pixel: round(M x marked / present), halves up, tested in integers as
+    ``2 x marked x M >= (2k - 1) x present``; with every expert present that is the count itself. The
+    nearest level, rather than the one below (``marked x M >= k x present``), because the score
+    thresholds that fraction: for 5 of 6 experts, 3 of 5 (0.6) becomes level 4 of 6 (0.67) and 4 of 5
+    (0.8) level 5 (0.83), which agree with the consensus at every one of the thresholds 0.1 .. 0.9 (the
+    level below would disagree at 0.6, 0.7 and 0.8); 1 and 2 of 5 disagree at one threshold either way.
 
     The levels are stored as M nested 0/1 masks, not one integer label, because the augmentation warps
     targets bilinearly and re-binarises them at 0.5: nested masks warped by one transform stay nested
@@ -270,9 +274,8 @@ def agreement_levels(masks: dict[int, np.ndarray], experts: tuple[int, ...]) -> 
     present = [e for e in experts if e in masks]
     chosen = len(experts)
     marked = np.sum([masks[e] >= 0.5 for e in present], axis=0).astype(np.int64)
-    return np.concatenate([marked * chosen >= k * len(present) for k in range(1, chosen + 1)], axis=-1).astype(
-        np.float32
-    )
+    levels = [2 * marked * chosen >= (2 * k - 1) * len(present) for k in range(1, chosen + 1)]
+    return np.concatenate(levels, axis=-1).astype(np.float32)
 
 
 #: The ways of reading agreement-class probabilities as a map (see :func:`agreement_maps`).
@@ -352,9 +355,6 @@ class AgreementClasses(Strategy):
 
         return AgreementLoss(loss, smooth), [agreement_dice]
 
-    def member_names(self, network):
-        return [network.name]
-
     def member_maps(self, network, outputs):
         return [agreement_maps(outputs)[self.map_rule]]
 
@@ -382,6 +382,9 @@ def register(learner: Strategy) -> Strategy:
 
 for _learner in (PerExpert(), MultiHead(), SoftLabel(), AgreementClasses()):
     register(_learner)
+
+#: The study's strategy, the default of ``Settings.strategy``.
+STUDY_STRATEGY = PerExpert.name
 
 
 def loss_meanings() -> str:

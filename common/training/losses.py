@@ -255,7 +255,7 @@ def _split_heads(y_true, y_pred):
     heads = y_pred.shape[-1]
     if y_true.shape[-1] is not None and heads is not None and y_true.shape[-1] != 2 * heads:
         raise ValueError(
-            f"multi-head targets must hold 2 x {heads} channels (masks, then availability), got {y_true.shape[-1]}"
+            f"targets must hold 2 x {heads} channels (one mask per head, then availability), got {y_true.shape[-1]}"
         )
     masks = ops.transpose(y_true[..., :heads], (0, 3, 1, 2))
     available = y_true[:, 0, 0, heads:]
