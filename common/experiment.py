@@ -119,7 +119,7 @@ def run_experiment(
     written to ``comparison.json``): the rows of the table and, per variant, its paired comparison with
     the baseline.
     """
-    from common.runs.crossval import run_cv_plan
+    from common.runs.crossval import run_cv_plan, variant_metrics
     from common.runs.plan import RunOptions, check_experts, check_task
     from common.runs.storage import RunLog
 
@@ -160,7 +160,7 @@ def run_experiment(
                 seconds=summary["training_seconds"],
                 parameters=summary["parameters"],
                 networks=summary["networks"],
-                metrics=(summary.get("uncertainty") or {}).get("mean") or {},
+                metrics=variant_metrics(summary),
             )
         )
     title = (

@@ -196,7 +196,7 @@ def format_comparison(variants: list[VariantResult], title: str) -> str:
         "folds +/−/=",
         "cases +/− (sign p)",
         "verdict",
-        *[METRIC_COLUMNS[key] for key in _metric_keys(variants)],
+        *[_column(key) for key in _metric_keys(variants)],
         "training time",
         "networks",
         "parameters",
@@ -244,8 +244,18 @@ METRIC_COLUMNS = {
 }
 
 
+#: A metric key ``rule:<name>`` is the QUBIQ score of a strategy's map read by rule ``<name>`` (agreement classes:
+#: argmax, expectation, median); those columns come first, in the order met.
+RULE_PREFIX = "rule:"
+
+
 def _metric_keys(variants: list[VariantResult]) -> list[str]:
-    return [key for key in METRIC_COLUMNS if any(key in v.metrics for v in variants)]
+    rules = list(dict.fromkeys(k for v in variants for k in v.metrics if k.startswith(RULE_PREFIX)))
+    return rules + [key for key in METRIC_COLUMNS if any(key in v.metrics for v in variants)]
+
+
+def _column(key: str) -> str:
+    return f"QUBIQ, {key.removeprefix(RULE_PREFIX)} map ↑" if key.startswith(RULE_PREFIX) else METRIC_COLUMNS[key]
 
 
 def _format_metric(value: float | list[int] | None) -> str:

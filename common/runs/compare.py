@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from common.evaluation.comparison import VariantResult
+from common.runs.crossval import variant_metrics
 from common.runs.folder import CONFIG_FILE, CV_RESULTS_FILE, SPLITS_FILE
 from common.spec import Settings
 from common.switches import describe
@@ -70,7 +71,7 @@ def compare_folders(folders: list) -> tuple[list[VariantResult], str]:
                 seconds=results.get("training_seconds", 0.0),
                 parameters=results.get("parameters", 0),
                 networks=results.get("networks", 0),
-                metrics=(results.get("uncertainty") or {}).get("mean") or {},
+                metrics=variant_metrics(results),
             )
         )
     title = (

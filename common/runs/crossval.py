@@ -154,14 +154,20 @@ def fold_statistics(scores: list[float]) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def format_cv_table(title: str, folds: list[dict], uncertainty: dict | None = None) -> str:
-    """Per-fold scores; the uncertainty metrics' means (if any), then the QUBIQ score, last."""
+def format_cv_table(title: str, folds: list[dict], uncertainty: dict | None = None, rules: dict | None = None) -> str:
+    """Per-fold scores; each map rule's score and the uncertainty metrics' means (if any), then the QUBIQ
+    score, last."""
     mean, std = fold_statistics([f["score"] for f in folds])
     lines = [title, f"{'fold':>4}  {'held-out cases':<40} {'QUBIQ':>7} {'training':>9}"]
     for f in folds:
         cases = ", ".join(f["held_out"])
         cases = cases if len(cases) <= 40 else cases[:37] + "..."
         lines.append(f"{f['fold']:>4}  {cases:<40} {f['score']:7.4f} {f['training_seconds']:8.0f}s")
+    if rules:
+        lines.append(
+            "QUBIQ score by map rule over the folds: "
+            + ", ".join(f"{rule} {r['mean']:.4f} +/- {r['std']:.4f}" for rule, r in rules.items())
+        )
     if uncertainty is not None:
         lines.append(uncertainty_line(uncertainty))
     lines.append(f"QUBIQ score over {len(folds)} folds: {mean:.4f} +/- {std:.4f} (mean +/- standard deviation)")
@@ -234,7 +240,7 @@ def run_cv_plan(
     summary = summarize_folds(spec, settings, task, fold_results, cv_dir)
     write_json(cv_dir / RESULTS_FILE, summary)
     title = f"{spec.title}, task {task} ({spec.task_name(task)}): {k}-fold cross-validation"
-    runlog(format_cv_table(title, fold_results, summary["uncertainty"]["mean"]))
+    runlog(format_cv_table(title, fold_results, summary["uncertainty"]["mean"], summary["map_rules"]))
     return summary
 
 
@@ -409,7 +415,38 @@ def fold_record(number: int, fold: dict, results: dict, cv_dir: Path) -> dict:
         "networks": len(networks),
         "parameters": max((e.get("parameters", 0) for e in networks.values()), default=0),
         "uncertainty": (results.get("uncertainty") or {}).get("per_case", {}),
+        "map_rules": {rule: r["score"] for rule, r in (results.get("map_rules") or {}).items()},
         "run_dir": results.get("run_dir", str(cv_dir / f"fold{number}")),
+    }
+
+
+def rule_summary(folds: list[dict]) -> dict[str, dict]:
+    """Each map rule's QUBIQ score over the folds (``fold_scores``, ``mean``, ``std``), for a strategy that
+    reads its outputs several ways (:meth:`common.strategies.Strategy.rule_maps`); a fold recorded before
+    rules were, or a run folder's ``results.json`` without them, is read from its own ``results.json``."""
+    scores: dict[str, list[float]] = {}
+    for fold in folds:
+        rules = fold.get("map_rules")
+        if rules is None:
+            path = Path(fold.get("run_dir", "")) / FOLD_RESULTS_FILE
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            rules = {rule: r["score"] for rule, r in (saved.get("map_rules") or {}).items()}
+        for rule, score in rules.items():
+            scores.setdefault(rule, []).append(score)
+    return {
+        rule: dict(zip(("mean", "std"), fold_statistics(values), strict=True), fold_scores=values)
+        for rule, values in scores.items()
+        if len(values) == len(folds)
+    }
+
+
+def variant_metrics(summary: dict) -> dict[str, float | list[int] | None]:
+    """What a comparison table shows of a cross-validation beside its score: the uncertainty metrics' means,
+    and each map rule's mean score as ``rule:<name>``."""
+    rules = summary["map_rules"] if "map_rules" in summary else rule_summary(summary.get("folds", []))
+    return {
+        **((summary.get("uncertainty") or {}).get("mean") or {}),
+        **{f"rule:{rule}": r["mean"] for rule, r in rules.items()},
     }
 
 
@@ -430,6 +467,7 @@ def summarize_folds(spec: DatasetSpec, settings: Settings, task: int, fold_resul
             "mean": mean_metrics(per_case_uncertainty) if per_case_uncertainty else None,
             "per_case": per_case_uncertainty,
         },
+        "map_rules": rule_summary(fold_results),
         "training_seconds": sum(f["training_seconds"] for f in fold_results),
         "networks": sum(f["networks"] for f in fold_results),
         "parameters": max(f["parameters"] for f in fold_results),

@@ -2,10 +2,12 @@
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.evaluation.comparison import (
@@ -308,3 +310,24 @@ def test_folders_made_apart_are_compared_as_one_experiment(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([str(a), str(tmp_path / "missing")])
     assert stop.value.code == 2 and "not a finished cross-validation folder" in capsys.readouterr().err
+
+
+def test_map_rule_scores_are_columns_before_the_uncertainty_metrics(tmp_path):
+    from common.runs.crossval import rule_summary, variant_metrics
+
+    # two folds: one records its rules, one (made before they were recorded) has them in its results.json
+    (tmp_path / "fold2").mkdir()
+    (tmp_path / "fold2" / "results.json").write_text(json.dumps({"map_rules": {"median": {"score": 0.7}}}))
+    folds = [{"map_rules": {"median": 0.9}}, {"run_dir": str(tmp_path / "fold2")}]
+    rules = rule_summary(folds)
+    assert rules["median"]["fold_scores"] == [0.9, 0.7] and rules["median"]["mean"] == pytest.approx(0.8)
+    assert rules["median"]["std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    summary = {"folds": folds, "uncertainty": {"mean": {"ged": 0.25}}}
+    assert variant_metrics(summary) == {"ged": 0.25, "rule:median": pytest.approx(0.8)}
+    assert rule_summary([{"map_rules": {}}, {"map_rules": {"median": 0.5}}]) == {}  # not every fold: no column
+
+    base, other = variant([0.8, 0.8]), variant([0.9, 0.7], name="agreement")
+    other.metrics = variant_metrics(summary)
+    header = format_comparison([base, other], "T").splitlines()[2]
+    assert header.index("QUBIQ, median map ↑") < header.index("GED ↓")
+    assert comparison_rows([base, other])[1]["rule:median"] == pytest.approx(0.8)
