@@ -145,6 +145,7 @@ def batch(levels, probabilities):
     )
 
 
+@pytest.mark.backend
 def test_agreement_loss_by_hand():
     # 2 pixels, M = 2: pixel 1 level 2, pixel 2 level 0
     y_true, y_pred = batch([[1, 1], [0, 0]], [[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
@@ -158,6 +159,7 @@ def test_agreement_loss_by_hand():
     assert float(agreement_dice(y_true, y_pred)[0]) == pytest.approx(1.0)
 
 
+@pytest.mark.backend
 def test_agreement_loss_is_zero_at_the_target_and_pushes_towards_it():
     y_true, _ = batch([[1, 1], [1, 0], [0, 0]], [[0, 0, 1]] * 3)
     exact = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32).reshape(1, 1, 3, 3)
