@@ -312,9 +312,10 @@ class AgreementClasses(Strategy):
 
     The targets are :func:`agreement_levels`; the loss (:class:`common.training.losses.AgreementLoss`)
     is the study's soft Dice applied to each cumulative level "P(level >= k) against level >= k", the
-    masks the QUBIQ score itself compares at the thresholds on the k/M grid, with ``--loss dice+bce``
-    adding the classes' cross-entropy (the published method's nnU-Net loss has both; docs/strategies.md
-    says why the Dice is over the cumulative levels rather than each class). Saved per case: the M + 1
+    masks the QUBIQ score itself compares at the thresholds on the k/M grid, plus the classes'
+    cross-entropy, as the published method's nnU-Net loss (docs/strategies.md says why the Dice is over
+    the cumulative levels rather than each class, and what the Dice alone did). ``--loss`` does not
+    apply: ``dice+bce`` is refused. Saved per case: the M + 1
     class probabilities (``class0`` .. ``classM``), so the gather step scores every rule of
     :func:`agreement_maps` from files; the map is the :attr:`map_rule` one. Its samples for GED are the
     M nested level masks "median >= k", which reproduce the map's thresholds but not the experts'
@@ -326,8 +327,8 @@ class AgreementClasses(Strategy):
     activation = "softmax"
     member_kind = "map"
     loss_meaning = (
-        "soft Dice of each cumulative agreement level, P(level >= k) against level >= k (dice+bce: plus the "
-        "classes' cross-entropy)"
+        "not used: the soft Dice of each cumulative agreement level plus the classes' cross-entropy (dice+bce "
+        "refused)"
     )
     members_are_experts = False
     #: The rule whose map is the run's (chosen by measurement: docs/strategies.md).
@@ -353,7 +354,15 @@ class AgreementClasses(Strategy):
     def loss(self, loss, smooth):
         from common.training.losses import AgreementLoss, agreement_dice
 
-        return AgreementLoss(loss, smooth), [agreement_dice]
+        return AgreementLoss(1.0, smooth), [agreement_dice]
+
+    def check(self, settings):
+        if settings.loss != "dice":
+            raise ConfigError(
+                "strategy agreement-classes trains with the soft Dice of each cumulative agreement level plus the "
+                f"classes' cross-entropy, always (the Dice alone leaves the background class untrained); loss "
+                f"{settings.loss!r} does not apply to it"
+            )
 
     def member_maps(self, network, outputs):
         return [agreement_maps(outputs)[self.map_rule]]

@@ -151,10 +151,11 @@ def test_agreement_loss_by_hand():
     y_true, y_pred = batch([[1, 1], [0, 0]], [[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
     # P(>=1) = (0.8, 0.4), P(>=2) = (0.5, 0.0); Dice(>=1) = 2 * 0.8 / (1.2 + 1) ; Dice(>=2) = 2 * 0.5 / (0.5 + 1)
     dice = (1 - 1.6 / 2.2 + 1 - 1.0 / 1.5) / 2
-    assert float(AgreementLoss("dice", smooth=0.0)(y_true, y_pred)) == pytest.approx(dice, abs=1e-6)
+    assert float(AgreementLoss(ce_weight=0.0, smooth=0.0)(y_true, y_pred)) == pytest.approx(dice, abs=1e-6)
     # plus the classes' cross-entropy, mean over pixels: -(log 0.5 + log 0.6) / 2
     both = dice - (np.log(0.5) + np.log(0.6)) / 2
-    assert float(AgreementLoss("dice+bce", smooth=0.0)(y_true, y_pred)) == pytest.approx(both, abs=1e-6)
+    assert float(AgreementLoss(smooth=0.0)(y_true, y_pred)) == pytest.approx(both, abs=1e-6)
+    assert float(AgreementLoss(0.5, smooth=0.0)(y_true, y_pred)) == pytest.approx((dice + both) / 2, abs=1e-6)
     # the hard Dice of each level at 0.5: level >= 1 {1} vs {1}: 1; level >= 2 {1} vs {1}: 1
     assert float(agreement_dice(y_true, y_pred)[0]) == pytest.approx(1.0)
 
@@ -163,9 +164,9 @@ def test_agreement_loss_by_hand():
 def test_agreement_loss_is_zero_at_the_target_and_pushes_towards_it():
     y_true, _ = batch([[1, 1], [1, 0], [0, 0]], [[0, 0, 1]] * 3)
     exact = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32).reshape(1, 1, 3, 3)
-    assert float(AgreementLoss("dice", smooth=0.0)(y_true, exact)) == pytest.approx(0.0, abs=1e-6)
+    assert float(AgreementLoss(smooth=0.0)(y_true, exact)) == pytest.approx(0.0, abs=1e-5)
     blurred = np.full((1, 1, 3, 3), 1 / 3, np.float32)
-    grad = gradient(lambda p: AgreementLoss("dice", smooth=1.0)(y_true, p), blurred).reshape(3, 3)
+    grad = gradient(lambda p: AgreementLoss(ce_weight=0.0, smooth=1.0)(y_true, p), blurred).reshape(3, 3)
     assert grad[0, 2] < 0 and grad[2, 0] < grad[2, 2]  # more of the true class lowers the loss
 
 
@@ -173,7 +174,14 @@ def test_agreement_loss_refuses_wrong_targets_and_names():
     y_true, y_pred = batch([[1, 1, 0]], [[0.2, 0.3, 0.5]])
     with pytest.raises(ValueError, match="one level mask per class above 0 \\(2\\), got 3"):
         AgreementLoss()(y_true, y_pred)
-    with pytest.raises(ValueError, match="unknown loss 'bce'"):
-        AgreementLoss("bce")
-    clone = AgreementLoss.from_config(AgreementLoss("dice+bce", 0.5).get_config())
-    assert (clone.loss, clone.smooth) == ("dice+bce", 0.5)
+    with pytest.raises(ValueError, match="ce_weight must be >= 0"):
+        AgreementLoss(-1.0)
+    clone = AgreementLoss.from_config(AgreementLoss(0.25, 0.5).get_config())
+    assert (clone.ce_weight, clone.smooth) == (0.25, 0.5)
+
+
+def test_agreement_classes_refuses_another_loss():
+    from common.spec import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="agreement-classes trains with the soft Dice .* plus the classes' cross"):
+        Settings(input_size=16, depth=2, strategy="agreement-classes", loss="dice+bce")
