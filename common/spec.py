@@ -169,6 +169,10 @@ class Settings:
             generator did), anew each epoch; False validates on the images as they are.
         dice_smooth: the additive smoothing of the soft Dice loss (the study's: 0, plain
             ``1 - 2 sum(p g) / (sum(p) + sum(g))``).
+        latent_dim, kl_weight, samples: the settings of a sampling strategy (the Probabilistic U-Net,
+            Kohl et al. 2018): the dimension of its latent Gaussian (the original's 6), the weight of
+            KL(posterior || prior) in its loss (1), and the samples drawn per case at prediction (16,
+            the usual count). Recorded with every run; the other strategies do not read them.
     """
 
     input_size: int
@@ -196,6 +200,9 @@ class Settings:
     fit: str = "crop"
     augment_validation: bool = True
     dice_smooth: float = 0.0
+    latent_dim: int = 6
+    kl_weight: float = 1.0
+    samples: int = 16
 
     def __post_init__(self) -> None:
         if self.dropout not in ("spatial", "standard", "none"):
@@ -226,6 +233,11 @@ class Settings:
                 raise ConfigError(f"{attr} must be one of {', '.join(allowed)}, got {getattr(self, attr)!r}")
         if not self.dice_smooth >= 0:
             raise ConfigError(f"dice_smooth must be >= 0, got {self.dice_smooth}")
+        for attr in ("latent_dim", "samples"):
+            if getattr(self, attr) < 1:
+                raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")
+        if not self.kl_weight >= 0:
+            raise ConfigError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if self.ct_window is not None:
             low, high = self.ct_window
             if not low < high:

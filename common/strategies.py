@@ -327,8 +327,7 @@ class AgreementClasses(Strategy):
     activation = "softmax"
     member_kind = "map"
     loss_meaning = (
-        "not used: the soft Dice of each cumulative agreement level plus the classes' cross-entropy (dice+bce "
-        "refused)"
+        "not used: the soft Dice of each cumulative agreement level plus the classes' cross-entropy (dice+bce refused)"
     )
     members_are_experts = False
     #: The rule whose map is the run's (chosen by measurement: docs/strategies.md).

@@ -231,6 +231,16 @@ SWITCHES: dict[str, Switch] = {
             "augment the validation images like the training ones, anew each epoch",
         ),
         Switch("dice_smooth", "dice_smooth", _float(0, None), _plain, "S", "additive smoothing of the Dice loss"),
+        Switch("latent_dim", "latent_dim", _int(1), _plain, "N", "a sampling strategy's latent dimension (default 6)"),
+        Switch(
+            "kl_weight",
+            "kl_weight",
+            _float(0, None),
+            _plain,
+            "W",
+            "weight of KL(posterior || prior) in a sampling loss",
+        ),
+        Switch("samples", "samples", _int(1), _plain, "N", "samples a sampling strategy draws per case (default 16)"),
     )
 }
 

@@ -59,6 +59,9 @@ SMALL = Settings(input_size=32, depth=3, base_filters=4, dropout_rate=0.3, epoch
         ("patience", "0", 0),
         ("image_size", "96", 96),
         ("dropout-rate", "0.5", 0.5),  # dashes as on the command line
+        ("latent-dim", "2", 2),
+        ("kl_weight", "0.5", 0.5),
+        ("samples", "4", 4),
     ],
 )
 def test_parse_value(name, text, value):
@@ -80,6 +83,9 @@ def test_parse_value(name, text, value):
         ("patience", "-1", "patience: expected an integer >= 0"),
         ("rotation", "200", "rotation: expected a number >= 0 and <= 180"),
         ("colour", "red", "unknown setting 'colour'"),
+        ("latent_dim", "0", "latent_dim: expected an integer >= 1, got 0"),
+        ("kl_weight", "-1", "kl_weight: expected a number >= 0"),
+        ("samples", "0", "samples: expected an integer >= 1, got 0"),
     ],
 )
 def test_parse_value_refuses(name, text, message):
@@ -156,6 +162,11 @@ def parse(script, *argv):
                 "1e-2",
             ],
             BrainGrowth.DEMO.replace(base_filters=4, dropout_rate=0.1, batch_norm=False, learning_rate=1e-2),
+        ),
+        (
+            "Kidney",
+            ["--demo", "--latent-dim", "2", "--kl-weight", "0.1", "--samples", "8"],
+            Kidney.DEMO.replace(latent_dim=2, kl_weight=0.1, samples=8),
         ),
     ],
 )
