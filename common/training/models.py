@@ -35,7 +35,6 @@ def build_unet(
     initializer: str = "glorot",
     convlstm_backwards: bool = True,
     activation: str = "sigmoid",
-    features_only: bool = False,
 ) -> keras.Model:
     """Builds the study's 2D U-Net (Ronneberger et al. 2015), optionally with a BCDU-Net decoder.
 
@@ -82,8 +81,6 @@ def build_unet(
             shared but the heads' 1x1 weights), or one per class.
         activation: ``"sigmoid"`` (each channel its own probability) or ``"softmax"`` (the channels are
             the probabilities of exclusive classes, summing to 1 at each pixel).
-        features_only: return the network up to its last decoder block (``(batch, H, W,
-            base_filters)`` features, no output layer): the body another head is put on.
         initializer: ``"glorot"`` (the study's) or ``"he"``, see above.
         convlstm_backwards: read the ConvLSTM merge's sequence backwards (the study's), see above.
 
@@ -180,7 +177,5 @@ def build_unet(
         x = maybe_dropout(x, prefix)
         x = conv_block(x, filters, prefix)
 
-    if features_only:
-        return keras.Model(inputs, x, name=name)
     probabilities = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="probability")(x)
     return keras.Model(inputs, probabilities, name=name)

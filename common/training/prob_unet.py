@@ -3,7 +3,7 @@ NeurIPS 2018) on this project's U-Net body, in Keras 3 (every backend).
 
 Three networks share the work:
 
-- the U-Net body (:func:`common.training.models.build_unet` without its output layer) maps the image to
+- the U-Net body (:func:`common.training.models.build_unet` less its output layer) maps the image to
   its last decoder features;
 - the *prior* net sees the image, the *posterior* net the image and one expert's mask (as ``mask -
   0.5``, as the public versions feed it); each is an encoder of ``depth`` blocks (two 3x3 convolutions
@@ -167,7 +167,8 @@ def build_training_model(
     depth, base = int(unet.get("depth", 5)), int(unet.get("base_filters", 16))
     image = keras.Input(shape=input_shape, name="image")
     targets = keras.Input(shape=(*input_shape[:2], 2 * experts), name="targets")
-    body = build_unet(input_shape, name=BODY, features_only=True, **unet)
+    full = build_unet(input_shape, **unet)
+    body = keras.Model(full.inputs, full.get_layer("probability").input, name=BODY)  # the U-Net less its output
     prior = gaussian_encoder(input_shape, latent_dim, depth, base, PRIOR)
     posterior = gaussian_encoder((*input_shape[:2], input_shape[2] + 1), latent_dim, depth, base, POSTERIOR)
     head = build_head(base, latent_dim)
