@@ -245,7 +245,7 @@ def open_experiment(
         {
             f"{s.strategy} {job.name}": list(job.heads)
             for s in {v.strategy: v for v in settings}.values()
-            for job in strategy(s.strategy).networks(experts, options.seed)
+            for job in strategy(s.strategy).networks(experts, options.seed, s)
         },
         echo=options.log,
     )

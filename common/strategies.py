@@ -96,12 +96,24 @@ class Strategy:
     #: The rule of :meth:`rule_maps` whose map is the member's map (None: the strategy has no rules).
     map_rule: str | None = None
 
-    def networks(self, experts: list[int], seed: int) -> list[Network]:
+    def networks(self, experts: list[int], seed: int, settings=None) -> list[Network]:
+        """The networks a run of ``experts`` trains (``settings``: the run's, for a strategy whose outputs
+        depend on them)."""
         raise NotImplementedError
 
     def output_channels(self, target_channels: int) -> int:
         """The network's output channels for targets of ``target_channels`` channels."""
         return target_channels
+
+    def build(self, settings, channels: int, outputs: int):
+        """The network to train, for inputs of ``channels`` channels and ``outputs`` output channels; None:
+        the study's U-Net with :attr:`activation` (:func:`common.training.trainer.build_model`)."""
+        return None
+
+    def sampler(self, settings, seed: int):
+        """What turns a saved network into the one that predicts, and gives it its inputs beyond the
+        images (:class:`common.training.inference.Predictor`); None: the saved network predicts as it is."""
+        return None
 
     def targets(self, cases: list, network: Network) -> Targets:
         """Images and training targets of ``cases`` (prepared cases: ``image``, ``masks`` by expert) for
@@ -166,7 +178,7 @@ class PerExpert(Strategy):
     unit = "expert"
     loss_meaning = "each expert's network on its expert's masks"
 
-    def networks(self, experts, seed):
+    def networks(self, experts, seed, settings=None):
         return [Network(expert_name(e), seed + e, (e,), True) for e in experts]
 
     def targets(self, cases, network):
@@ -194,7 +206,7 @@ class MultiHead(Strategy):
     def ensemble_label(self, members):
         return f"mean of {members} expert head(s) of one network"
 
-    def networks(self, experts, seed):
+    def networks(self, experts, seed, settings=None):
         return [Network("multi-head", seed, tuple(experts), False)]
 
     def targets(self, cases, network):
@@ -226,7 +238,7 @@ class SoftLabel(Strategy):
     def ensemble_label(self, members):
         return "one network trained on the mean expert mask"
 
-    def networks(self, experts, seed):
+    def networks(self, experts, seed, settings=None):
         return [Network("soft-label", seed, (None,), False)]
 
     def targets(self, cases, network):
@@ -336,7 +348,7 @@ class AgreementClasses(Strategy):
     def ensemble_label(self, members):
         return f"agreement levels as classes, map: {self.map_rule} level / M"
 
-    def networks(self, experts, seed):
+    def networks(self, experts, seed, settings=None):
         classes = tuple(f"class{k}" for k in range(len(experts) + 1))
         return [Network(self.name, seed, tuple(experts), False, classes)]
 
@@ -376,6 +388,106 @@ class AgreementClasses(Strategy):
         return [f"{network.name} level>={k}" for k in range(1, len(network.saved))]
 
 
+class PriorSampler:
+    """How a trained Probabilistic U-Net predicts: its sampling model (``samples`` draws of the prior)
+    and the prior noise of each image, from the network's seed and the image's place in the prediction
+    (:func:`common.training.prob_unet.sampling_noise`)."""
+
+    def __init__(self, samples: int, latent_dim: int, seed: int):
+        self.samples, self.latent_dim, self.seed = samples, latent_dim, seed
+
+    def prepare(self, model):
+        from common.training.prob_unet import build_sampling_model
+
+        return build_sampling_model(model, self.samples)
+
+    def inputs(self, count: int, first: int) -> list:
+        from common.training.prob_unet import sampling_noise
+
+        return [sampling_noise(self.seed, range(first, first + count), self.samples, self.latent_dim)]
+
+
+class ProbUNet(Strategy):
+    """The Probabilistic U-Net (Kohl et al. 2018; :mod:`common.training.prob_unet`): one network whose prior
+    over a latent z gives ``--samples`` segmentations per case.
+
+    Targets: the image packed with every chosen expert's mask and which experts annotated it (the model
+    draws one present expert per image and step); the loss: the pixel cross-entropy summed over the
+    pixels + ``--kl-weight`` x KL(posterior || prior). Saved per case: each sample's sigmoid map
+    (``sample01`` ...); the map is their mean, and each sample binarised at 0.5 is a sample for GED and
+    the Hungarian IoU.
+    """
+
+    name = "prob-unet"
+    summary = "the Probabilistic U-Net: one network whose prior draws --samples segmentations per case"
+    member_kind = "map"
+    members_are_experts = False
+    loss_meaning = "not used: the pixel cross-entropy summed over the pixels + --kl-weight x KL (dice+bce refused)"
+
+    def ensemble_label(self, members):
+        return "mean of the Probabilistic U-Net's samples"
+
+    def networks(self, experts, seed, settings=None):
+        if settings is None:
+            raise ValueError("prob-unet's networks depend on the settings (--samples): pass them")
+        saved = tuple(f"sample{s:02d}" for s in range(1, settings.samples + 1))
+        return [Network(self.name, seed, tuple(experts), False, saved)]
+
+    def targets(self, cases, network):
+        from common.training.prob_unet import pack_inputs
+
+        experts = network.heads
+        chosen = [c for c in cases if any(e in c.masks for e in experts)]
+        if not chosen:
+            return None, None
+        zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
+        masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in experts], axis=-1) for c in chosen])
+        available = np.array([[float(e in c.masks) for e in experts] for c in chosen], dtype=np.float32)
+        return (pack_inputs(np.stack([c.image for c in chosen]), masks, available), masks), None
+
+    def build(self, settings, channels, outputs):
+        from common.training.prob_unet import build_training_model
+
+        return build_training_model(
+            (settings.input_size, settings.input_size, channels - 2 * outputs),
+            outputs,
+            settings.latent_dim,
+            settings.kl_weight,
+            depth=settings.depth,
+            base_filters=settings.base_filters,
+            dropout=settings.dropout,
+            dropout_rate=settings.dropout_rate,
+            batch_norm=settings.batch_norm,
+            convlstm=settings.convlstm,
+            convlstm_backwards=settings.convlstm_backwards,
+            initializer=settings.initializer,
+        )
+
+    def loss(self, loss, smooth):
+        from common.training.prob_unet import SampledCrossEntropy
+
+        return SampledCrossEntropy(), []
+
+    def check(self, settings):
+        if settings.loss != "dice":
+            raise ConfigError(
+                "strategy prob-unet trains with the pixel cross-entropy summed over the pixels plus --kl-weight x "
+                f"KL(posterior || prior), as the original; loss {settings.loss!r} does not apply to it"
+            )
+
+    def sampler(self, settings, seed):
+        return PriorSampler(settings.samples, settings.latent_dim, seed)
+
+    def member_maps(self, network, outputs):
+        return [np.mean(np.stack([np.asarray(o, dtype=np.float32) for o in outputs]), axis=0)]
+
+    def samples(self, network, outputs):
+        return [np.asarray(o) >= 0.5 for o in outputs]
+
+    def sample_names(self, network):
+        return [f"{network.name} {name}" for name in network.saved]
+
+
 #: The strategies by name (``--strategy``).
 STRATEGIES: dict[str, Strategy] = {}
 
@@ -388,7 +500,7 @@ def register(learner: Strategy) -> Strategy:
     return learner
 
 
-for _learner in (PerExpert(), MultiHead(), SoftLabel(), AgreementClasses()):
+for _learner in (PerExpert(), MultiHead(), SoftLabel(), AgreementClasses(), ProbUNet()):
     register(_learner)
 
 #: The study's strategy, the default of ``Settings.strategy``.

@@ -280,7 +280,7 @@ def plan_folds(
         spec,
         task,
         {"train": cases, "held_out": cases},
-        {n.name: list(n.heads) for n in strategy(settings.strategy).networks(planned, options.seed)},
+        {n.name: list(n.heads) for n in strategy(settings.strategy).networks(planned, options.seed, settings)},
         echo=options.log,
     )
     found.extend(w for w in checked.warnings if w not in found)

@@ -122,7 +122,7 @@ def execute(
                 f"{prefix}: done in {result.seconds:.0f} s{resumed}, best {result.monitor} {result.best_loss:.4f} "
                 f"at epoch {result.best_epoch}/{result.epochs} (elapsed {time.perf_counter() - started:.0f} s)"
             )
-        on_grid = predictor.predict(predictor.load(files.model), images)
+        on_grid = predictor.predict(predictor.load(files.model, learner.sampler(plan.settings, network.seed)), images)
         write_maps(plan, run_dir, network, predicted, on_grid)
     return [network.name for _, network in todo]
 

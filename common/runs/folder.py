@@ -485,7 +485,7 @@ def planned_networks(config: dict) -> list:
     from common.strategies import strategy
 
     settings = Settings.from_dict(config["settings"])
-    return strategy(settings.strategy).networks([int(e) for e in config["experts"]], int(config["seed"]))
+    return strategy(settings.strategy).networks([int(e) for e in config["experts"]], int(config["seed"]), settings)
 
 
 def network_folder(network) -> str:

@@ -27,7 +27,7 @@ def check_job_options(settings: Settings, options) -> None:
             "--train-only and --resume: rerun the job's own command (--out RUN --experts ... --train-only) to "
             "continue it; it picks up its networks' backups"
         )
-    single = [n for n in strategy(settings.strategy).networks([1], 0) if not n.per_expert]
+    single = [n for n in strategy(settings.strategy).networks([1], 0, settings) if not n.per_expert]
     if single and options.experts is not None:
         raise ConfigError(
             f"--train-only with strategy {settings.strategy}: the run is one network (of every expert), so it is "

@@ -195,7 +195,7 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
     else:
         roles = check_split(options.split, train_cases + validation_cases)
         split_record = roles
-    networks = learner.networks(planned, options.seed)
+    networks = learner.networks(planned, options.seed, settings)
     selected = [n for n in networks if not n.per_expert or n.heads[0] in chosen]
     by_id = {c.case_id: c for c in train_cases + validation_cases}
     checked = check_run_data(

@@ -299,7 +299,11 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
     )
     started = time.perf_counter()
     predictor = Predictor(plan.batch_size, TTA[plan.tta], unreadable=unreadable_network)
-    saved = [predictor.load(network.model) for network in plan.run.networks]
+    learner = strategy(plan.run.settings.strategy)
+    saved = [
+        predictor.load(network.model, learner.sampler(plan.run.settings, network.network.seed))
+        for network in plan.run.networks
+    ]
     loaded = time.perf_counter() - started
     say(f"loaded {len(saved)} network(s) in {loaded:.1f} s")
     progress = Progress(len(todo), log)
@@ -337,7 +341,7 @@ def predict_chunk(plan: Prediction, predictor, saved: list, items: list[InputIma
     averager = MapAverager()
     learner = strategy(settings.strategy)
     for network, weights in zip(plan.run.networks, saved, strict=True):
-        maps = predictor.predict(weights, batch)
+        maps = predictor.predict(weights, batch, first=plan.inputs.index(items[0]))
         for index, item in enumerate(items):
             outputs = [from_input(maps[index, ..., c], geometries[item.name]) for c in range(maps.shape[-1])]
             for member, on_case in zip(network.members, learner.member_maps(network.network, outputs), strict=True):

@@ -43,6 +43,7 @@ class SavedNetwork:
     weights: list[np.ndarray]
     outputs: int
     channels: int
+    sampler: object | None = None
 
 
 def unsafe_network(path: Path, error: BaseException) -> UnsafeNetworkError:
@@ -113,10 +114,16 @@ class Predictor:
         self._holds: dict[str, str] = {}  # key -> the file whose weights its network holds now
         self.built = 0  # networks built (loaded whole); the rest gave only their weights
 
-    def load(self, path: Path) -> SavedNetwork:
-        """Read a saved network (safe mode) and keep its weights; the first of its layers' kind is kept whole."""
+    def load(self, path: Path, sampler=None) -> SavedNetwork:
+        """Read a saved network (safe mode) and keep its weights; the first of its layers' kind is kept whole.
+
+        ``sampler`` (a strategy's, :meth:`common.strategies.Strategy.sampler`) turns the saved network into
+        the one that predicts (``sampler.prepare(model)``) and gives its inputs beyond the images
+        (``sampler.inputs(images, first)``, ``first`` the place of the first image in the prediction)."""
         path = Path(path)
         model = load_network(path, self.unreadable)
+        if sampler is not None:
+            model = sampler.prepare(model)
         key = layers_key(model)
         saved = SavedNetwork(
             path,
@@ -124,6 +131,7 @@ class Predictor:
             model.get_weights(),
             int(model.outputs[0].shape[-1]),
             int(model.inputs[0].shape[-1]),
+            sampler,
         )
         if key not in self._networks:
             self._networks[key] = model
@@ -131,16 +139,20 @@ class Predictor:
             self.built += 1
         return saved
 
-    def predict(self, network: SavedNetwork, images: np.ndarray) -> np.ndarray:
-        """Sigmoid maps ``(N, S, S, K)`` float32 of ``network`` for images ``(N, S, S, C)`` on its grid,
-        averaged over the test-time views."""
+    def predict(self, network: SavedNetwork, images: np.ndarray, first: int = 0) -> np.ndarray:
+        """Output maps ``(N, S, S, K)`` float32 of ``network`` for images ``(N, S, S, C)`` on its grid,
+        averaged over the test-time views; ``first``: the place of ``images[0]`` in the whole prediction
+        (a sampler's noise follows each image's place, not its batch)."""
         model = self._networks[network.key]
         if self._holds[network.key] != str(network.path):
             model.set_weights(network.weights)
             self._holds[network.key] = str(network.path)
         total = None
         for view in self.tta.views:
-            maps = model.predict(view(images), batch_size=self.batch_size, verbose=0)
+            inputs = view(images)
+            if network.sampler is not None:
+                inputs = [inputs, *network.sampler.inputs(len(images), first)]
+            maps = model.predict(inputs, batch_size=self.batch_size, verbose=0)
             maps = view(np.asarray(maps, dtype=np.float32))
             total = maps if total is None else total + maps
         return total if len(self.tta.views) == 1 else (total / len(self.tta.views)).astype(np.float32)

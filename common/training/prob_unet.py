@@ -17,7 +17,8 @@ Training (:func:`build_training_model`): ``z`` is drawn from the posterior of a 
 at random per image and step among those who annotated it (:class:`ExpertDraw`); the loss is the pixel
 cross-entropy summed over the pixels and averaged over the batch (:class:`SampledCrossEntropy`, as the
 original: the sum sets the KL term's weight) plus ``kl_weight`` x KL(posterior || prior) in closed form
-(:func:`kl_diagonal_gaussians`, added by :class:`PriorPosteriorKL`). The random draws use
+(:func:`kl_diagonal_gaussians`, added by :class:`PriorPosteriorKL`). The Gaussians' parameters, the
+draws and the KL are float32 under a mixed-precision policy, as the output. The random draws use
 ``keras.random`` with seed generators, whose state Keras carries on every backend.
 
 Prediction (:func:`build_sampling_model`): ``samples`` draws of ``z`` from the prior, each a sigmoid
@@ -71,8 +72,8 @@ def gaussian_encoder(input_shape, latent_dim: int, depth: int, base_filters: int
 class ExpertDraw(layers.Layer):
     """One expert's mask per image, drawn uniformly among the experts who annotated it.
 
-    Input: targets ``(batch, H, W, 2E)``: the E experts' masks, then E constant channels saying which
-    annotated the image (:func:`common.training.stream.with_availability`). Output: ``(batch, H, W, 1)``.
+    Input: targets ``(batch, H, W, 2E)``: the E experts' masks (read at 0.5), then E channels saying which
+    annotated the image (constant before augmentation; read by their maximum). Output: ``(batch, H, W, 1)``.
     A new draw at every call (a seed generator, so the draws follow the seed on every backend).
     """
 
@@ -82,8 +83,8 @@ class ExpertDraw(layers.Layer):
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, targets):
-        masks = targets[..., : self.experts]
-        available = targets[:, 0, 0, self.experts :]
+        masks = ops.cast(targets[..., : self.experts] >= 0.5, targets.dtype)
+        available = ops.max(targets[..., self.experts :], axis=(1, 2))
         # -1e9 keeps an absent expert out of the draw (log 0 as a large finite number: no NaN)
         logits = ops.where(available > 0.5, 0.0, -1e9)
         chosen = keras.random.categorical(logits, 1, seed=self.generator)[:, 0]
@@ -154,33 +155,48 @@ def build_head(features: int, latent_dim: int) -> keras.Model:
 
 
 def build_training_model(
-    input_shape: tuple[int, int, int], experts: int, latent_dim: int, kl_weight: float, seed: int, **unet
+    input_shape: tuple[int, int, int], experts: int, latent_dim: int, kl_weight: float, seed: int | None = None, **unet
 ) -> keras.Model:
-    """The network as it trains: inputs the image and the targets (masks, then availability), output
+    """The network as it trains. Its one input packs, on channels, the image ``(H, W, C)``, the E experts'
+    masks and E constant channels saying which annotated the image (:func:`pack_inputs`), so that the
+    augmentation warps the masks with their image (the masks are read back at 0.5, as a warped mask is
+    re-binarised; an availability channel by its maximum, which a warp's border cannot lower). Output
     ``(batch, H, W, 2)``: the sampled probability map and the drawn expert's mask it is scored against
     (by :class:`SampledCrossEntropy`); the KL term is among the model's losses.
 
     ``unet`` are :func:`build_unet`'s keyword arguments for the body (``depth``, ``base_filters``,
     dropout, batch norm, ConvLSTM, initialiser); the prior and posterior encoders take its ``depth`` and
-    ``base_filters``.
+    ``base_filters``. ``seed`` seeds the expert draw and the posterior's noise (None: from Keras's global
+    seed, as :func:`common.training.trainer.seed_everything` sets it).
     """
     depth, base = int(unet.get("depth", 5)), int(unet.get("base_filters", 16))
-    image = keras.Input(shape=input_shape, name="image")
-    targets = keras.Input(shape=(*input_shape[:2], 2 * experts), name="targets")
+    channels = int(input_shape[2])
+    packed = keras.Input(shape=(*input_shape[:2], channels + 2 * experts), name="image_and_targets")
+    image, targets = packed[..., :channels], packed[..., channels:]
     full = build_unet(input_shape, **unet)
     body = keras.Model(full.inputs, full.get_layer("probability").input, name=BODY)  # the U-Net less its output
     prior = gaussian_encoder(input_shape, latent_dim, depth, base, PRIOR)
-    posterior = gaussian_encoder((*input_shape[:2], input_shape[2] + 1), latent_dim, depth, base, POSTERIOR)
+    posterior = gaussian_encoder((*input_shape[:2], channels + 1), latent_dim, depth, base, POSTERIOR)
     head = build_head(base, latent_dim)
-    mask = ExpertDraw(experts, seed=seed, name="expert_draw")(targets)
-    shown = layers.Concatenate(name="posterior_view")(
-        [image, layers.Rescaling(1.0, offset=-0.5, name="mask_centred")(mask)]
+    mask = ExpertDraw(experts, seed=seed, dtype="float32", name="expert_draw")(targets)
+    centred = layers.Rescaling(1.0, offset=-0.5, name="mask_centred")(mask)
+    shown = layers.Concatenate(name="posterior_view")([image, centred])
+    parameters = PriorPosteriorKL(latent_dim, kl_weight, dtype="float32", name="kl")(posterior(shown), prior(image))
+    z = GaussianSample(latent_dim, seed=None if seed is None else seed + 1, dtype="float32", name="posterior_sample")(
+        parameters
     )
-    parameters = PriorPosteriorKL(latent_dim, kl_weight, name="kl")(posterior(shown), prior(image))
-    z = GaussianSample(latent_dim, seed=seed + 1, name="posterior_sample")(parameters)
     probability = head(TileLatent(name="tile")(body(image), z))
     output = layers.Concatenate(dtype="float32", name="sampled_and_target")([probability, ops.cast(mask, "float32")])
-    return keras.Model([image, targets], output, name="prob_unet")
+    return keras.Model(packed, output, name="prob_unet")
+
+
+def pack_inputs(images, masks, available):
+    """The training model's input: images ``(N, H, W, C)``, masks ``(N, H, W, E)`` (0 where absent) and
+    ``available (N, E)`` as constant channels, on the channel axis (numpy)."""
+    import numpy as np
+
+    flags = np.broadcast_to(available[:, None, None, :], masks.shape).astype(np.float32)
+    return np.concatenate([images, masks.astype(np.float32), flags], axis=-1)
 
 
 def build_sampling_model(trained: keras.Model, samples: int) -> keras.Model:
@@ -189,10 +205,12 @@ def build_sampling_model(trained: keras.Model, samples: int) -> keras.Model:
     deviation) x noise``). Its layers are the trained model's own (shared weights)."""
     body, prior, head = trained.get_layer(BODY), trained.get_layer(PRIOR), trained.get_layer(HEAD)
     latent_dim = int(prior.output.shape[-1]) // 2
-    image = keras.Input(shape=tuple(trained.inputs[0].shape[1:]), name="image")
+    experts = trained.get_layer("expert_draw").experts
+    height, width, packed = (int(d) for d in trained.inputs[0].shape[1:])
+    image = keras.Input(shape=(height, width, packed - 2 * experts), name="image")
     noise = keras.Input(shape=(samples, latent_dim), name="noise")
     features, parameters = body(image), prior(image)
-    tile, draw = TileLatent(name="tile"), GaussianSample(latent_dim, name="prior_sample")
+    tile, draw = TileLatent(name="tile"), GaussianSample(latent_dim, dtype="float32", name="prior_sample")
     maps = [head(tile(features, draw(parameters, noise[:, s]))) for s in range(samples)]
     output = maps[0] if samples == 1 else layers.Concatenate(dtype="float32", name="samples")(maps)
     return keras.Model([image, noise], output, name="prob_unet_sampling")

@@ -185,7 +185,10 @@ def set_synchronized_batch_norm(model: keras.Model, synchronized: bool) -> None:
 
 def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Model:
     """The study's U-Net for ``settings`` (input ``input_size x input_size x channels``, ``outputs`` maps with
-    the strategy's activation)."""
+    the strategy's activation), or the strategy's own network (:meth:`common.strategies.Strategy.build`)."""
+    own = strategy(settings.strategy).build(settings, channels, outputs)
+    if own is not None:
+        return own
     return build_unet(
         (settings.input_size, settings.input_size, channels),
         activation=strategy(settings.strategy).activation,

@@ -34,7 +34,7 @@ class Union(Strategy):
     members_are_experts = False
     map_rule = "foreground"
 
-    def networks(self, experts, seed):
+    def networks(self, experts, seed, settings=None):
         return [Network(self.name, seed, tuple(experts), False, ("background", "foreground"))]
 
     def output_channels(self, target_channels):
@@ -162,3 +162,37 @@ def test_no_module_outside_the_strategies_names_a_strategy():
         if any(name in text for name in names)
     ]
     assert len(files) > 40 and not found, "\n".join(found)
+
+
+@pytest.mark.backend
+def test_prob_unet_through_train_gather_resume_and_predict(toy_root, tmp_path):
+    """Its samples saved per case, the map their mean, GED over them; resumed; predicted with the same
+    samples at two batch sizes (the noise follows the seed and each image's place, not the batch)."""
+    settings = TINY.replace(epochs=1, strategy="prob-unet", samples=3, latent_dim=2)
+    run, lines = tmp_path / "run", []
+    results = run_task(SPEC, settings, 1, toy_root, seed=2, out=run, verbose=0, plots=False, log=lines.append)
+    names = ("sample01", "sample02", "sample03")
+    assert results["uncertainty"]["samples"] == [f"prob-unet {n}" for n in names]
+    assert results["uncertainty"]["per_case"][results["cases"][0]]["samples"] == 3
+    assert "GED" in lines[-1] and "(3 samples)" in lines[-1]
+    for case_id in results["cases"]:
+        outputs = saved_outputs(run, case_id, "prob-unet", names)
+        ensemble = read_prediction(prediction_path(run / "predictions", "toy", case_id, 1))
+        assert np.allclose(ensemble, np.mean(outputs, axis=0), atol=1e-6)
+        assert not np.allclose(outputs[0], outputs[1])  # other draws of z, other maps
+
+    (run / "results.json").unlink()
+    lost = run / "predictions" / "toy" / results["cases"][0] / "prob-unet" / "task01_sample03.nii.gz"
+    lost.unlink()
+    again = run_task(
+        SPEC, settings, 1, toy_root, seed=2, out=run, resume=True, verbose=0, plots=False, log=lines.append
+    )
+    assert lost.is_file() and again["score"] == pytest.approx(results["score"], abs=1e-6)  # the same samples again
+
+    maps = {}
+    for batch_size in (1, 3):
+        out = tmp_path / f"predicted-{batch_size}"
+        predicting.predict(run, toy_root, out, log=None, tta="none", batch_size=batch_size, save_members=False)
+        maps[batch_size] = {p.relative_to(out): read_prediction(p) for p in sorted(out.rglob("task01.nii.gz"))}
+    assert maps[1].keys() == maps[3].keys() and len(maps[1]) >= 7
+    assert all(np.allclose(maps[1][k], maps[3][k], atol=1e-6) for k in maps[1])

@@ -6,9 +6,11 @@ import pytest
 
 from common.training.prob_unet import (
     ExpertDraw,
+    SampledCrossEntropy,
     build_sampling_model,
     build_training_model,
     kl_diagonal_gaussians,
+    pack_inputs,
     sampling_noise,
 )
 
@@ -44,13 +46,16 @@ def test_kl_of_two_diagonal_gaussians_against_the_closed_form():
 @pytest.mark.backend
 def test_the_expert_drawn_is_one_who_annotated_the_image():
     experts, rows = 4, 64
-    masks = np.broadcast_to(np.arange(1, experts + 1, dtype=np.float32), (rows, 2, 2, experts))  # expert e: e
+    masks = np.broadcast_to(np.eye(experts, dtype=np.float32).reshape(2, 2, experts), (rows, 2, 2, experts))
+    # expert e marks pixel e - 1 of the 2 x 2 image alone
     available = np.zeros((rows, experts), np.float32)
     available[np.arange(rows), np.arange(rows) % experts] = 1  # one expert each ...
     available[: rows // 2, 2] = 1  # ... and expert 3 too in the first half
     targets = np.concatenate([masks, np.broadcast_to(available[:, None, None, :], masks.shape)], axis=-1)
     draw = ExpertDraw(experts, seed=1)
-    drawn = np.stack([keras.ops.convert_to_numpy(draw(targets))[:, 0, 0, 0] for _ in range(20)])  # (20, rows)
+    drawn = np.stack(
+        [keras.ops.convert_to_numpy(draw(targets)).reshape(rows, 4).argmax(axis=1) + 1 for _ in range(20)]
+    )  # (20, rows): the expert drawn
     for row in range(rows):
         present = set(np.flatnonzero(available[row]) + 1)
         assert set(drawn[:, row].astype(int)) == present  # only those present, and (20 draws) each of them
@@ -58,6 +63,7 @@ def test_the_expert_drawn_is_one_who_annotated_the_image():
 
 def test_the_networks_shapes_and_the_sampling_model_shares_their_weights():
     model = build_training_model((16, 16, 2), experts=3, latent_dim=5, kl_weight=1.0, seed=0, depth=2, base_filters=4)
+    assert model.input.shape == (None, 16, 16, 2 + 2 * 3)  # the image, 3 masks, 3 availability channels
     assert model.get_layer("prior").output.shape == (None, 10)
     assert model.get_layer("posterior").input.shape == (None, 16, 16, 3)  # the image and one mask
     assert model.output.shape == (None, 16, 16, 2)
@@ -77,3 +83,19 @@ def test_sampling_noise_follows_the_seed_and_the_image_not_the_batch():
     assert everything.shape == (5, 4, 6)
     assert np.array_equal(sampling_noise(3, [3, 4], 4, 6), everything[3:])  # another batch, the same draws
     assert not np.allclose(sampling_noise(4, range(5), 4, 6), everything)  # another seed, other draws
+
+
+def test_trains_under_mixed_precision_with_float32_gaussians_and_loss():
+    from common.training.trainer import dtype_policy
+
+    rng = np.random.default_rng(1)
+    masks = (rng.random((4, 16, 16, 2)) > 0.5).astype(np.float32)
+    packed = pack_inputs(rng.normal(size=(4, 16, 16, 1)).astype(np.float32), masks, np.ones((4, 2), np.float32))
+    with dtype_policy("mixed_bfloat16"):
+        model = build_training_model((16, 16, 1), 2, 2, 1.0, seed=0, depth=2, base_filters=4)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SampledCrossEntropy())
+        history = model.fit(packed, masks, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert model.get_layer("kl").compute_dtype == "float32" and model.output.dtype == "float32"
+    assert model.get_layer("unet_body").get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    keras.backend.clear_session()
