@@ -414,8 +414,9 @@ class ProbUNet(Strategy):
     Targets: the image packed with every chosen expert's mask and which experts annotated it (the model
     draws one present expert per image and step); the loss: the pixel cross-entropy summed over the
     pixels + ``--kl-weight`` x KL(posterior || prior). Saved per case: each sample's sigmoid map
-    (``sample01`` ...); the map is their mean, and each sample binarised at 0.5 is a sample for GED and
-    the Hungarian IoU.
+    (``sample01`` ...). The samples are the members (the map is their mean; ``common.predict
+    --save-members`` saves them, ``--uncertainty`` gives their spread), and each binarised at 0.5 is a
+    sample for GED and the Hungarian IoU. They are not experts' maps, so the report scores none alone.
     """
 
     name = "prob-unet"
@@ -478,8 +479,11 @@ class ProbUNet(Strategy):
     def sampler(self, settings, seed):
         return PriorSampler(settings.samples, settings.latent_dim, seed)
 
+    def member_names(self, network):
+        return list(network.saved)
+
     def member_maps(self, network, outputs):
-        return [np.mean(np.stack([np.asarray(o, dtype=np.float32) for o in outputs]), axis=0)]
+        return list(outputs)  # each sample's map a member: the ensemble is their mean, their spread the std
 
     def samples(self, network, outputs):
         return [np.asarray(o) >= 0.5 for o in outputs]

@@ -192,7 +192,9 @@ def test_prob_unet_through_train_gather_resume_and_predict(toy_root, tmp_path):
     maps = {}
     for batch_size in (1, 3):
         out = tmp_path / f"predicted-{batch_size}"
-        predicting.predict(run, toy_root, out, log=None, tta="none", batch_size=batch_size, save_members=False)
+        predicting.predict(run, toy_root, out, log=None, tta="none", batch_size=batch_size, save_members=True)
         maps[batch_size] = {p.relative_to(out): read_prediction(p) for p in sorted(out.rglob("task01.nii.gz"))}
     assert maps[1].keys() == maps[3].keys() and len(maps[1]) >= 7
     assert all(np.allclose(maps[1][k], maps[3][k], atol=1e-6) for k in maps[1])
+    members = sorted(p.name for p in (tmp_path / "predicted-1" / "members").iterdir())
+    assert members == list(names)  # --save-members: the samples
