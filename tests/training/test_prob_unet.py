@@ -67,6 +67,8 @@ def test_the_networks_shapes_and_the_sampling_model_shares_their_weights():
     assert model.get_layer("prior").output.shape == (None, 10)
     assert model.get_layer("posterior").input.shape == (None, 16, 16, 3)  # the image and one mask
     assert model.output.shape == (None, 16, 16, 2)
+    bias = keras.ops.convert_to_numpy(model.get_layer("head").get_layer("head_probability").bias)
+    assert bias == pytest.approx([np.log(0.01 / 0.99)])  # the output starts at the foreground prior
     sampler = build_sampling_model(model, samples=3)
     assert sampler.output.shape == (None, 16, 16, 3)
     assert {id(w) for w in sampler.weights} <= {id(w) for w in model.weights}
