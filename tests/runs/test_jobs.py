@@ -290,7 +290,7 @@ def test_gather_refuses_what_it_cannot_gather(tmp_path):
         gather_run(tmp_path / "nowhere", log=quiet)
 
 
-@pytest.mark.parametrize("strategy", ["per-expert", "multi-head", "soft-label"])
+@pytest.mark.parametrize("strategy", ["per-expert", "multi-head", "soft-label", "prob-unet"])
 def test_one_process_and_jobs_plus_gather_give_the_same_results(strategy, one_process, jobs_run, toy_root, tmp_path):
     """The property the plan promises: the same plan run in one process, or as jobs (one per network) and
     a gather, trains the same networks and writes the same scores, for every strategy."""
