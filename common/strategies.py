@@ -77,6 +77,18 @@ def expert_name(expert: int) -> str:
 Targets = tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]
 
 
+def expert_masks(cases: list, experts: tuple[int, ...]) -> tuple[list, np.ndarray | None, np.ndarray | None]:
+    """The cases with a mask of any of ``experts``, their masks ``(N, S, S, E)`` (all 0 where an expert did
+    not annotate the case) and which did ``(N, E)`` 0/1; ``([], None, None)`` when no case qualifies."""
+    chosen = [c for c in cases if any(e in c.masks for e in experts)]
+    if not chosen:
+        return [], None, None
+    zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
+    masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in experts], axis=-1) for c in chosen])
+    available = np.array([[float(e in c.masks) for e in experts] for c in chosen], dtype=np.float32)
+    return chosen, masks, available
+
+
 class Strategy:
     """The interface; see the module's docstring."""
 
@@ -210,13 +222,9 @@ class MultiHead(Strategy):
         return [Network("multi-head", seed, tuple(experts), False)]
 
     def targets(self, cases, network):
-        heads = network.heads
-        chosen = [c for c in cases if any(e in c.masks for e in heads)]
+        chosen, masks, available = expert_masks(cases, network.heads)
         if not chosen:
             return None, None
-        zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
-        masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in heads], axis=-1) for c in chosen])
-        available = np.array([[float(e in c.masks) for e in heads] for c in chosen], dtype=np.float32)
         return (np.stack([c.image for c in chosen]), masks), available
 
     def loss(self, loss, smooth):
@@ -437,16 +445,13 @@ class ProbUNet(Strategy):
     def targets(self, cases, network):
         from common.training.prob_unet import pack_inputs
 
-        experts = network.heads
-        chosen = [c for c in cases if any(e in c.masks for e in experts)]
+        chosen, masks, available = expert_masks(cases, network.heads)
         if not chosen:
             return None, None
-        zeros = np.zeros_like(next(iter(chosen[0].masks.values())))
-        masks = np.stack([np.concatenate([c.masks.get(e, zeros) for e in experts], axis=-1) for c in chosen])
-        available = np.array([[float(e in c.masks) for e in experts] for c in chosen], dtype=np.float32)
         return (pack_inputs(np.stack([c.image for c in chosen]), masks, available), masks), None
 
     def build(self, settings, channels, outputs):
+        from common.training.models import unet_arguments
         from common.training.prob_unet import build_training_model
 
         return build_training_model(
@@ -454,14 +459,7 @@ class ProbUNet(Strategy):
             outputs,
             settings.latent_dim,
             settings.kl_weight,
-            depth=settings.depth,
-            base_filters=settings.base_filters,
-            dropout=settings.dropout,
-            dropout_rate=settings.dropout_rate,
-            batch_norm=settings.batch_norm,
-            convlstm=settings.convlstm,
-            convlstm_backwards=settings.convlstm_backwards,
-            initializer=settings.initializer,
+            **unet_arguments(settings),
         )
 
     def loss(self, loss, smooth):

@@ -179,3 +179,18 @@ def build_unet(
 
     probabilities = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="probability")(x)
     return keras.Model(inputs, probabilities, name=name)
+
+
+def unet_arguments(settings) -> dict:
+    """:func:`build_unet`'s keyword arguments that the settings (``common.spec.Settings``) choose: the body
+    of every network a run trains."""
+    return {
+        "depth": settings.depth,
+        "base_filters": settings.base_filters,
+        "dropout": settings.dropout,
+        "dropout_rate": settings.dropout_rate,
+        "batch_norm": settings.batch_norm,
+        "convlstm": settings.convlstm,
+        "convlstm_backwards": settings.convlstm_backwards,
+        "initializer": settings.initializer,
+    }

@@ -38,7 +38,7 @@ from common.training import losses as _registered  # noqa: F401 - registers the 
 from common.training.augmentation import Augmentation
 from common.training.files import NetworkFiles
 from common.training.inference import load_network
-from common.training.models import build_unet
+from common.training.models import build_unet, unet_arguments
 from common.training.stream import (
     FollowEpoch,
     augmented_validation_dataset,
@@ -193,14 +193,7 @@ def build_model(settings: Settings, channels: int, outputs: int = 1) -> keras.Mo
         (settings.input_size, settings.input_size, channels),
         activation=strategy(settings.strategy).activation,
         outputs=outputs,
-        depth=settings.depth,
-        base_filters=settings.base_filters,
-        dropout=settings.dropout,
-        dropout_rate=settings.dropout_rate,
-        batch_norm=settings.batch_norm,
-        convlstm=settings.convlstm,
-        convlstm_backwards=settings.convlstm_backwards,
-        initializer=settings.initializer,
+        **unet_arguments(settings),
     )
 
 
