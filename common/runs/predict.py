@@ -340,8 +340,9 @@ def predict_chunk(plan: Prediction, predictor, saved: list, items: list[InputIma
     batch = np.stack(images)
     averager = MapAverager()
     learner = strategy(settings.strategy)
+    first = plan.inputs.index(items[0])  # the chunk's place in the prediction (a sampler's noise follows it)
     for network, weights in zip(plan.run.networks, saved, strict=True):
-        maps = predictor.predict(weights, batch, first=plan.inputs.index(items[0]))
+        maps = predictor.predict(weights, batch, first=first)
         for index, item in enumerate(items):
             outputs = [from_input(maps[index, ..., c], geometries[item.name]) for c in range(maps.shape[-1])]
             for member, on_case in zip(network.members, learner.member_maps(network.network, outputs), strict=True):
