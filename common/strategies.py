@@ -304,12 +304,24 @@ AGREEMENT_RULES = ("argmax", "expectation", "median")
 
 def cumulative_levels(classes: list[np.ndarray]) -> np.ndarray:
     """P(level >= k) for k = 1 .. M, ``(M, rows, cols)``, from the M + 1 class probabilities."""
-    probabilities = np.stack([np.asarray(c, dtype=np.float32) for c in classes])
+    return _at_least(np.stack([np.asarray(c, dtype=np.float32) for c in classes]))
+
+
+def _at_least(probabilities: np.ndarray) -> np.ndarray:
     return np.cumsum(probabilities[::-1], axis=0)[::-1][1:]
 
 
-def agreement_maps(classes: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The continuous maps of M + 1 class probabilities ``p_0 .. p_M`` (each ``(rows, cols)``), by rule:
+#: Each rule of :func:`agreement_maps` on the stacked class probabilities ``(M + 1, rows, cols)``, as a level.
+_RULES = {
+    "argmax": lambda p: np.argmax(p, axis=0),
+    "expectation": lambda p: np.tensordot(np.arange(len(p)), p, axes=1),
+    "median": lambda p: np.sum(_at_least(p) >= 0.5, axis=0),
+}
+
+
+def agreement_maps(classes: list[np.ndarray], rules: tuple[str, ...] = AGREEMENT_RULES) -> dict[str, np.ndarray]:
+    """The continuous maps of M + 1 class probabilities ``p_0 .. p_M`` (each ``(rows, cols)``), by rule
+    (each of ``rules``, by default all):
 
     - ``argmax``: the most probable level / M;
     - ``expectation``: sum_k k p_k / M, the expected fraction of experts;
@@ -319,12 +331,7 @@ def agreement_maps(classes: list[np.ndarray]) -> dict[str, np.ndarray]:
     """
     probabilities = np.stack([np.asarray(c, dtype=np.float32) for c in classes])
     levels = len(classes) - 1
-    at_least = cumulative_levels(classes)
-    return {
-        "argmax": (np.argmax(probabilities, axis=0) / levels).astype(np.float32),
-        "expectation": (np.tensordot(np.arange(levels + 1), probabilities, axes=1) / levels).astype(np.float32),
-        "median": (np.sum(at_least >= 0.5, axis=0) / levels).astype(np.float32),
-    }
+    return {rule: (_RULES[rule](probabilities) / levels).astype(np.float32) for rule in rules}
 
 
 class AgreementClasses(Strategy):
@@ -384,7 +391,7 @@ class AgreementClasses(Strategy):
             )
 
     def member_maps(self, network, outputs):
-        return [agreement_maps(outputs)[self.map_rule]]
+        return [agreement_maps(outputs, (self.map_rule,))[self.map_rule]]
 
     def rule_maps(self, network, outputs):
         return agreement_maps(outputs)
