@@ -37,6 +37,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from common.data.layout import CaseLayout, layout_of
+from common.errors import DataError
 from common.spec import RELEASE_NAMES, RELEASES, SPLITS, ConfigError, DatasetSpec
 
 IMAGE_NAME = "image.nii.gz"
@@ -45,10 +47,6 @@ _MASK_ANY_CASE = re.compile(MASK_PATTERN.pattern, re.IGNORECASE)
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Folders an unzip tool or a file manager leaves next to the data; never data themselves.
 _HOUSEKEEPING = ("__MACOSX",)
-
-
-class DataError(ValueError):
-    """A problem with the data on disk; the message names the file or folder."""
 
 
 class DataWarning(UserWarning):
@@ -91,6 +89,26 @@ def case_key(case_id: str) -> str:
     count ``case1`` and ``case01`` as two cases (and train and score on the same image).
     """
     return re.sub(r"\d+", lambda number: str(int(number.group())), case_id.lower())
+
+
+def case_group(case_id: str) -> str:
+    """The group a case belongs to: its ``case<N>`` prefix for ids like ``case13-2`` (the 2021 3D sets), else
+    the case itself; compared as :func:`case_key` (``Case01-1`` and ``case1-2`` are one group).
+
+    The volumes of one group are kept on one side of every split (held out together, or trained on
+    together): they may be one patient's (what ``-M`` means is not published), and a network that trained on
+    one of them would be scored on its twin. Ids are never parsed as numbers beyond this.
+    """
+    match = re.fullmatch(r"(.*\d)-(\d+)", case_id)
+    return case_key(match.group(1) if match else case_id)
+
+
+def grouped(case_ids: list[str]) -> list[list[str]]:
+    """``case_ids`` gathered by :func:`case_group`, groups in the order of their first case."""
+    groups: dict[str, list[str]] = {}
+    for case_id in case_ids:
+        groups.setdefault(case_group(case_id), []).append(case_id)
+    return list(groups.values())
 
 
 # --- which release a data root holds ---------------------------------------------------------------------------
@@ -455,28 +473,37 @@ def read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return array, nifti
 
 
-def load_image(path: Path, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """An image as float32 ``(rows, cols, channels)`` and its NIfTI object (affine and header).
+def _layout(layout: CaseLayout | int) -> CaseLayout:
+    """A layout, or the channels of a 2D image (the form callers used before volumes existed)."""
+    from common.data.layout import Planar
 
-    Accepts 2D arrays, a trailing singleton axis (``640 x 640 x 1``) and channels last
-    (``240 x 240 x 4``).
+    return Planar(layout) if isinstance(layout, int) else layout
+
+
+def load_image(path: Path, layout: CaseLayout | int) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """An image in its layout's canonical form, float32, and its NIfTI object (affine and header).
+
+    ``layout`` (:mod:`common.data.layout`; an int: the channels of a 2D image): a 2D image is
+    ``(rows, cols, channels)``, from a 2D array, one with a trailing singleton axis (``640 x 640 x 1``)
+    or channels last (``240 x 240 x 4``); a volume is ``(slices, rows, cols, 1)``, its slice axis moved
+    first. A 2D image where a volume is expected, and the reverse, are refused naming the file.
     """
     array, nifti = read_nifti(path)
-    array = _to_2d(array.astype(np.float32, copy=False), path, channels)
+    array = _layout(layout).image(array, path)
     if not np.isfinite(array).all():
         raise DataError(f"{path}: image has {int((~np.isfinite(array)).sum())} NaN or infinite voxels")
     return array, nifti
 
 
-def load_mask(path: Path) -> np.ndarray:
-    """A mask as boolean ``(rows, cols)``: nonzero is foreground, whatever the dtype.
+def load_mask(path: Path, layout: CaseLayout | int = 1) -> np.ndarray:
+    """A mask as boolean ``(rows, cols)`` (a volume's: ``(slices, rows, cols)``): nonzero is foreground.
 
     A mask must hold two values at most, background 0 and one on-value: 0/1 is silent; another
     on-value (e.g. 0/255) is accepted with a warning naming the file; three or more values (a label map,
     a soft or resampled mask) are refused, since no threshold is obviously right for them.
     """
     array, _ = read_nifti(path)
-    array = _to_2d(array, path, 1)[..., 0]
+    array = _layout(layout).mask(array, path)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: mask has NaN or infinite voxels")
     values = np.unique(array)
@@ -493,19 +520,33 @@ def load_mask(path: Path) -> np.ndarray:
     return array != 0
 
 
-def _to_2d(array: np.ndarray, path: Path, channels: int) -> np.ndarray:
-    """Squeeze trailing singleton axes; return ``(rows, cols, channels)``."""
-    shape = array.shape
-    while array.ndim > 2 and array.shape[-1] == 1 and not (array.ndim == 3 and channels == 1):
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = array[..., np.newaxis]
-    if array.ndim != 3 or array.shape[-1] != channels:
-        raise DataError(
-            f"{path}: expected a 2D array with {channels} channel(s) last "
-            f"(rows x cols{' x ' + str(channels) if channels > 1 else ''}), got shape {shape}"
+#: Affines of an image and its mask that differ by more than this (in mm, or in the direction cosines)
+#: are reported: the files then disagree on where their voxels lie.
+AFFINE_TOLERANCE = 1e-3
+
+
+def check_affine(mask_path: Path, image_path: Path, image: nib.Nifti1Image) -> None:
+    """Warn when a mask's affine differs from its image's (header read, no data).
+
+    Warned, not refused: cases are paired voxel by voxel (same shape, same index), which a header that
+    another tool wrote differently does not change, and the maps are written with the image's affine;
+    refusing would make a release unusable for a header quirk. The warning names both files, so that a
+    mask really drawn on another grid is found.
+    """
+    try:
+        affine = nib.load(str(mask_path)).affine
+    except Exception:  # noqa: BLE001 - the data read reports an unreadable file
+        return
+    if affine is None or image.affine is None:
+        return
+    difference = float(np.abs(np.asarray(affine) - np.asarray(image.affine)).max())
+    if difference > AFFINE_TOLERANCE:
+        warnings.warn(
+            f"{mask_path}: its affine differs from its image's ({image_path}) by up to {difference:g}; the mask "
+            "is paired with the image voxel by voxel, and maps are written with the image's affine",
+            DataWarning,
+            stacklevel=3,
         )
-    return array
 
 
 @dataclass
@@ -513,38 +554,54 @@ class LoadedCase:
     """A case's arrays for one task: the image and the masks of the experts who drew it."""
 
     case: Case
-    image: np.ndarray  # float32 (rows, cols, channels), as stored (before preprocessing)
-    masks: dict[int, np.ndarray]  # expert -> bool (rows, cols)
+    image: np.ndarray  # float32, canonical (common.data.layout): (rows, cols, C) or (slices, rows, cols, 1)
+    masks: dict[int, np.ndarray]  # expert -> bool (rows, cols) or (slices, rows, cols)
     nifti: nib.Nifti1Image
+    #: A volume reduced to its training slices (:func:`common.data.volumes.keep_slices`): which slices of it
+    #: ``image`` and ``masks`` hold, and the whole volume's intensity bounds; None for a whole case.
+    slice_index: np.ndarray | None = None
+    bounds: np.ndarray | None = None
 
     @property
     def case_id(self) -> str:
         return self.case.case_id
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape[:2]
+    def shape(self) -> tuple[int, ...]:
+        """The grid of a mask or map: ``(rows, cols)``, or a volume's ``(slices, rows, cols)``."""
+        return self.image.shape[:-1]
 
     def mask_stack(self) -> np.ndarray:
-        """Masks of all its experts as bool ``(n_experts, rows, cols)``."""
+        """Masks of all its experts as bool ``(n_experts, *shape)``."""
         return np.stack([self.masks[e] for e in sorted(self.masks)])
+
+
+def mask_shape_problem(path: Path, shape: tuple, grid: tuple, image_path: Path) -> str:
+    """The message for a mask whose canonical grid is not its image's."""
+    return f"{path}: mask shape {_dims(shape)} differs from the image's {_dims(grid)} ({image_path})"
+
+
+def _dims(shape: tuple) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
 
 def load_case(case: Case, spec: DatasetSpec, task: int, experts: list[int] | None = None) -> LoadedCase:
     """Read a case's image and the masks of ``task`` (only those of ``experts`` when given).
 
-    A case may lack some experts' masks (one prostate case has 5 of 6); those are simply absent.
+    A case may lack some experts' masks (one prostate case has 5 of 6); those are simply absent. A mask
+    whose grid differs from the image's is refused (so are two raters' masks of different shapes, since
+    each is compared with the image); one whose affine differs is warned of (:func:`check_affine`).
     """
-    image, nifti = load_image(case.image_path, spec.channels)
+    layout = layout_of(spec)
+    image, nifti = load_image(case.image_path, layout)
     masks = {}
     for expert in case.experts_for(task):
         if experts is not None and expert not in experts:
             continue
-        mask = load_mask(case.masks[(task, expert)])
-        if mask.shape != image.shape[:2]:
-            raise DataError(
-                f"{case.masks[(task, expert)]}: mask shape {mask.shape} differs from the image's "
-                f"{image.shape[:2]} ({case.image_path})"
-            )
+        path = case.masks[(task, expert)]
+        mask = load_mask(path, layout)
+        if mask.shape != image.shape[:-1]:
+            raise DataError(mask_shape_problem(path, mask.shape, image.shape[:-1], case.image_path))
+        check_affine(path, case.image_path, nifti)
         masks[expert] = mask
     return LoadedCase(case=case, image=image, masks=masks, nifti=nifti)

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from common.data.cases import Case, DataError, DataWarning, LoadedCase, load_case, load_image
+from common.data.cases import Case, DataError, DataWarning, LoadedCase, load_case, load_image, mask_shape_problem
+from common.data.layout import layout_of
 from common.spec import DatasetSpec
 
 #: Problems listed in full in the error message; more are counted.
@@ -76,6 +77,7 @@ def check_run_data(
     trained: dict[str, list[int | None]],
     test: list[Case] = (),
     echo: Callable[[str], None] | None = None,
+    keep: Callable[[set[str], LoadedCase], LoadedCase] | None = None,
 ) -> CheckedData:
     """Read and check every file of ``roles`` (``train``, ``validation``, ``held_out``) and ``test``.
 
@@ -87,6 +89,9 @@ def check_run_data(
             expert). Each must find at least one mask among the training cases.
         test: the official test cases to predict (images only).
         echo: receives each warning as it is found (the console).
+        keep: what to keep of a case once it is read and checked, given the roles it plays (default: all of
+            it); a run keeps only the training slices of a volume that only trains
+            (:func:`common.data.volumes.keep_slices`), so each volume is read once and the rest freed.
 
     Raises:
         DataError: listing every problem (one per line), the files named.
@@ -98,6 +103,10 @@ def check_run_data(
     found: list[str] = []
     failed: set[str] = set()
     files = 0
+    plays: dict[str, set[str]] = {}
+    for role in ("train", "validation", "held_out"):
+        for case in roles.get(role, []):
+            plays.setdefault(case.case_id, set()).add(role)
     with collected_warnings(found, echo):
         for role in ("train", "validation", "held_out"):
             for case in roles.get(role, []):
@@ -106,13 +115,17 @@ def check_run_data(
                 files += 1 + len(case.experts_for(task))
                 try:
                     loaded[case.case_id] = load_case(case, spec, task)
+                    if spec.volumetric:
+                        _warn_unmarked(loaded[case.case_id], plays[case.case_id], task, found, echo)
+                    if keep is not None:
+                        loaded[case.case_id] = keep(plays[case.case_id], loaded[case.case_id])
                 except DataError as error:
                     failed.add(case.case_id)
                     problems.extend(_all_problems(case, spec, task, error))
         for case in test:
             files += 1
             try:
-                test_images[case.case_id] = load_image(case.image_path, spec.channels)
+                test_images[case.case_id] = load_image(case.image_path, layout_of(spec))
             except DataError as error:
                 problems.append(str(error))
     for case in roles.get("held_out", []):
@@ -146,6 +159,26 @@ def check_run_data(
     return CheckedData(loaded, test_images, found, time.perf_counter() - started, files)
 
 
+def _warn_unmarked(loaded: LoadedCase, roles: set[str], task: int, found: list[str], echo) -> None:
+    """Warn of a volume in which no expert marked a voxel: it gives no training slice (under a slice margin),
+    and held out it is scored as all background, where only a map empty at a threshold scores 1 there."""
+    if not loaded.masks or any(mask.any() for mask in loaded.masks.values()):
+        return
+    effects = []
+    if roles & {"train", "validation"}:
+        effects.append("it trains nothing (no marked slice to take, unless --slice-margin all)")
+    if "held_out" in roles:
+        effects.append("held out, it is scored as all background")
+    message = (
+        f"warning: {loaded.case.folder}: no expert marked any voxel of task {task} in this volume "
+        f"({len(loaded.masks)} mask(s), all empty); {'; '.join(effects)}"
+    )
+    if message not in found:
+        found.append(message)
+        if echo is not None:
+            echo(message)
+
+
 def _annotates(case: Case, task: int, expert: int | None) -> bool:
     return bool(case.experts_for(task)) if expert is None else expert in case.experts_for(task)
 
@@ -159,21 +192,22 @@ def _all_problems(case: Case, spec: DatasetSpec, task: int, first: DataError) ->
 
     problems = [str(first)]
     image = None
+    layout = layout_of(spec)
     try:
-        image, _ = load_image(case.image_path, spec.channels)
+        image, _ = load_image(case.image_path, layout)
     except DataError as error:
         if str(error) not in problems:
             problems.append(str(error))
     for expert in case.experts_for(task):
         path = case.masks[(task, expert)]
         try:
-            mask = load_mask(path)
+            mask = load_mask(path, layout)
         except DataError as error:
             if str(error) not in problems:
                 problems.append(str(error))
             continue
-        if image is not None and mask.shape != image.shape[:2]:
-            message = f"{path}: mask shape {mask.shape} differs from the image's {image.shape[:2]} ({case.image_path})"
+        if image is not None and mask.shape != image.shape[:-1]:
+            message = mask_shape_problem(path, mask.shape, image.shape[:-1], case.image_path)
             if message not in problems:
                 problems.append(message)
     return problems

@@ -7,7 +7,8 @@
 
 Maps are float32 in [0, 1] on the case's own grid and reuse the image's affine and header, so that they
 overlay the image in any viewer, and they are stored unscaled, so that reading one back gives exactly
-the values written (and therefore exactly the same score).
+the values written (and therefore exactly the same score). A volume's map is a volume on its image's
+grid, in the image's axis order (:mod:`common.data.layout` turns it to and from the canonical order).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data.cases import DataError, natural_key, read_nifti
+from common.data.layout import CaseLayout, Planar
 from common.runs.storage import replaced_atomically
 
 EXPERTS_SUBFOLDER = "experts"
@@ -52,29 +54,39 @@ def _nifti_suffix(path: Path) -> str:
 
 
 def written_shape(reference_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The stored shape of a map for an image of ``reference_shape``.
+    """The stored shape of a 2D map for an image of ``reference_shape``.
 
     ``(rows, cols)`` stays 2D; trailing singleton axes (``640 x 640 x 1``) are kept, so the map has the
     image's shape; channels last (``240 x 240 x 4``) give a 2D map.
     """
     if len(reference_shape) < 2:
         raise ValueError(f"reference image of shape {reference_shape} is not an image (need rows x cols)")
-    if all(size == 1 for size in reference_shape[2:]):
-        return tuple(reference_shape)
-    return tuple(reference_shape[:2])
+    return Planar(1).to_file(np.zeros(tuple(reference_shape[:2]), dtype=np.uint8), tuple(reference_shape)).shape
 
 
-def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1Image) -> Path:
-    """Write a ``(rows, cols)`` probability map as float32 with the reference image's affine and header.
+def _grid(reference_shape: tuple[int, ...], layout: CaseLayout) -> tuple[int, ...]:
+    """The canonical grid of a map for an image of ``reference_shape``: ``(rows, cols)`` or ``(slices, rows, cols)``."""
+    if not layout.volumetric:
+        return tuple(reference_shape[:2])
+    dims = list(reference_shape[:3])
+    return (dims.pop(layout.slice_axis), *dims)
+
+
+def write_prediction(
+    path: Path, probability: np.ndarray, reference: nib.Nifti1Image, layout: CaseLayout | None = None
+) -> Path:
+    """Write a probability map as float32 with the reference image's affine and header.
 
     Args:
         path: the file to (re)place, ``.nii.gz`` or ``.nii``; its folders are created.
-        probability: finite values in [0, 1] on the reference image's grid.
+        probability: finite values in [0, 1] on the reference image's grid, canonical
+            (:mod:`common.data.layout`): ``(rows, cols)``, or a volume's ``(slices, rows, cols)``.
         reference: the case's image (e.g. ``nib.load(image_path)``): its affine and a copy of its header
             are reused, with the data shape and dtype updated, scaling reset (values stored as-is) and
             the display range set to 0..1.
+        layout: the cases' layout (default: 2D images); a volume's map is written in its image's axis order.
 
-    The map keeps a trailing singleton axis when the image has one; a multi-channel image's map is 2D
+    A 2D map keeps a trailing singleton axis when the image has one; a multi-channel image's map is 2D
     (see :func:`written_shape`). Written to a temporary file in the same folder and renamed over
     ``path``, so an interruption leaves the old file or the new one, never a truncated one.
 
@@ -82,10 +94,10 @@ def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1I
         ValueError: the map does not match the image's grid, or holds values outside [0, 1] or NaN.
     """
     path = Path(path)
+    layout = layout or Planar(1)
     suffix = _nifti_suffix(path)
     probability = np.asarray(probability)
-    grid = tuple(reference.shape[:2])
-    out_shape = written_shape(tuple(reference.shape))
+    grid = _grid(tuple(reference.shape), layout)
     if probability.shape != grid:
         raise ValueError(
             f"{path}: probability map of shape {probability.shape} does not match the image's grid {grid} "
@@ -99,17 +111,18 @@ def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1I
             f"{path}: probability map must be within [0, 1]; found values in "
             f"[{probability.min():g}, {probability.max():g}]"
         )
+    stored = layout.to_file(probability.astype(np.float32), tuple(reference.shape))
 
     image_class = type(reference) if isinstance(reference, nib.Nifti1Image) else nib.Nifti1Image
     header = image_class.header_class.from_header(reference.header)  # a copy, also from a non-NIfTI image
     pixdim = header["pixdim"].copy()
-    header.set_data_shape(out_shape)
+    header.set_data_shape(stored.shape)
     header["pixdim"] = pixdim  # set_data_shape resets the unused voxel sizes, which the qform still reads
     header.set_data_dtype(np.float32)
     header.set_slope_inter(None, None)  # stored as-is: what is read back is what was written
     header["cal_min"], header["cal_max"] = 0.0, 1.0  # the display range of a probability, not the image's
     affine = reference.affine if reference.affine is not None else reference.header.get_best_affine()
-    image = image_class(probability.astype(np.float32).reshape(out_shape), affine, header)
+    image = image_class(stored, affine, header)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
@@ -118,19 +131,15 @@ def write_prediction(path: Path, probability: np.ndarray, reference: nib.Nifti1I
     return path
 
 
-def read_prediction(path: Path) -> np.ndarray:
-    """A probability map as float32 ``(rows, cols)``; trailing singleton axes are dropped.
+def read_prediction(path: Path, layout: CaseLayout | None = None) -> np.ndarray:
+    """A probability map as float32, canonical: ``(rows, cols)`` (trailing singleton axes dropped), or with
+    a volume ``layout`` ``(slices, rows, cols)``.
 
     Raises:
-        DataError: the file cannot be read, or is not a 2D map; the message names the file.
+        DataError: the file cannot be read, or is not a map of the layout; the message names the file.
     """
     array, _ = read_nifti(path)
-    shape = array.shape
-    while array.ndim > 2 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2D probability map (rows x cols, or rows x cols x 1), got shape {shape}")
-    return array.astype(np.float32, copy=False)
+    return (layout or Planar(1)).from_file(array, path).astype(np.float32, copy=False)
 
 
 def find_predictions(pred_dir: Path, dataset: str, task: int) -> dict[str, Path]:

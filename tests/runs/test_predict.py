@@ -219,11 +219,11 @@ def test_a_full_disk_leaves_no_partial_map_and_names_continue(runs, toy_root, tm
     real = predicting.write_map
     calls = []
 
-    def full_after_one(path, array, reference):
+    def full_after_one(path, array, reference, *layout):
         calls.append(path)
         if len(calls) > 1:
             raise StorageError(path, OSError(errno.ENOSPC, "No space left on device"))
-        real(path, array, reference)
+        real(path, array, reference, *layout)
 
     monkeypatch.setattr(predicting, "write_map", full_after_one)
     monkeypatch.setattr(predicting, "CHUNK_IMAGES", 1)
