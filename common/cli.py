@@ -1,4 +1,4 @@
-"""The command line shared by the four dataset scripts: parse, resolve settings, call :func:`run_task`."""
+"""The command line shared by the dataset scripts: parse, resolve settings, call :func:`run_task`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) 
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name,
         description=f"{spec.title} (QUBIQ '{spec.name}'): one U-Net per expert, their ensemble, and the QUBIQ "
-        f"threshold-Dice table on {spec.n_held_out} held-out training cases.",
+        f"threshold-Dice table on {spec.n_held_out} held-out training "
+        + ("volumes (trained as slices; maps and scores of whole volumes)." if spec.volumetric else "cases."),
     )
     add_data_options(parser.add_argument_group("data"), spec, task)
     add_run_options(parser.add_argument_group("run"), spec)
@@ -215,6 +216,8 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
     for name, entry in SWITCHES.items():
         if name == "ct_window" and spec.modality != "CT":
             continue  # MRI: no Hounsfield units to window
+        if name == "slice_margin" and not spec.volumetric:
+            continue  # 2D images: no slices to choose
         values = "; ".join(f"{p}: {entry.show(getattr(s, entry.field))}" for p, s in presets.items())
         bare = {"nargs": "?", "const": entry.bare} if entry.bare is not None else {}  # --mixed-precision alone: on
         group.add_argument(
@@ -271,7 +274,7 @@ def resolve_settings(
 
 
 DEMO_KINDS = {
-    "synthetic": "phantoms of all four datasets (common.demo)",
+    "synthetic": "phantoms in the QUBIQ layout (common.demo; the 3D sets: common.data.volume_demo)",
     "mni152": "real anatomy, brain tissue drawn by simulated experts on the MNI152 2009a template "
     "(common.data.anatomy)",
 }
@@ -290,11 +293,16 @@ def demo_kind(value: object) -> str | None:
     return value if value in DEMO_KINDS else None
 
 
-def resolve_data_root(args: argparse.Namespace) -> Path:
+def resolve_data_root(args: argparse.Namespace, spec: DatasetSpec | None = None) -> Path:
+    """``--data-root``, else the demo's root, else ``$QUBIQ_DATA``, else ``./Project_data``. The demo of a
+    volume set is in the 2021 layout, in a root of its own (``demo_data/2021-seed<S>``), so that a demo
+    root never holds two releases."""
     if args.data_root is not None:
         return args.data_root
     if args.demo == "mni152":
         return DEFAULT_DEMO_ROOT / f"mni152-seed{args.seed}"
+    if args.demo and spec is not None and spec.volumetric:
+        return DEFAULT_DEMO_ROOT / f"2021-seed{args.seed}"
     if args.demo:
         return DEFAULT_DEMO_ROOT / f"seed{args.seed}"
     return Path(os.environ.get("QUBIQ_DATA") or DEFAULT_DATA_ROOT)
@@ -309,6 +317,11 @@ def prepare_demo(spec: DatasetSpec, kind: str, root: Path, seed: int) -> None:
 
         print(f"demo data: {root} ({spec.name} on the MNI152 2009a template, generated once from seed {seed})")
         ensure_anatomy_demo(spec, root, seed)
+    elif spec.volumetric:
+        from common.data.volume_demo import ensure_volume_demo
+
+        print(f"demo data: {root} ({spec.name} CT volumes in the 2021 layout, generated once from seed {seed})")
+        ensure_volume_demo(spec, root, seed)
     else:
         from common.demo import ensure_demo_data
 
@@ -380,7 +393,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
             settings = resolve_settings(args, study, demo, spec)
         check_task(spec, args.task)
         check_experts(spec, args.experts)
-        data_root = resolve_data_root(args)
+        data_root = resolve_data_root(args, spec)
         if data_root.exists() and not data_root.is_dir():
             raise ConfigError(f"--data-root {data_root} is a file; expected the folder that holds the QUBIQ release")
         if args.out is not None and args.out.exists() and not args.out.is_dir():

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
                 experts = parse_experts(args.experts) if args.experts else None
             except argparse.ArgumentTypeError as error:
                 raise ConfigError(f"--experts: {error}") from None
-            data_root = resolve_data_root(args)
+            data_root = resolve_data_root(args, entry.spec)
             command = ["python", "-m", "common.experiment", *(sys.argv[1:] if argv is None else argv)]
             if args.folds is None and args.splits is None:
                 args.folds = 3

@@ -65,11 +65,17 @@ class DatasetSpec:
         channels: image channels (brain-tumor has 4 MRI sequences, last axis).
         tasks: number of segmentation tasks (``taskTT`` in the mask file names).
         experts: number of experts per task (``segEE``); a case may have fewer.
-        image_shape: the usual in-plane shape (rows, columns) of an image.
-        n_train, n_validation, n_test: cases per split as distributed.
+        image_shape: the usual in-plane shape (rows, columns) of an image; for volumes, the shape every
+            slice must have (it tells the slice axis from the in-plane axes, see ``slice_axis``).
+        n_train, n_validation, n_test: cases per split as distributed; None where the release does not
+            publish the count (the 2021 3D sets' validation and test volumes), never invented.
         n_held_out: training cases the study held out for scoring (the official
             test set has no masks).
         task_names: optional names of the tasks, for reports.
+        slice_axis: None for a dataset of 2D images; for a dataset of volumes, the array axis (as nibabel
+            reads the file) along which its 2D slices lie (the 2021 release's pancreas sets: 0, first).
+            Networks train on slices; predictions and scores are of whole volumes
+            (:mod:`common.data.volumes`).
     """
 
     name: str
@@ -80,10 +86,11 @@ class DatasetSpec:
     experts: int
     image_shape: tuple[int, int]
     n_train: int
-    n_validation: int
-    n_test: int
+    n_validation: int | None
+    n_test: int | None
     n_held_out: int
     task_names: tuple[str, ...] = ()
+    slice_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in ("CT", "MRI"):
@@ -98,6 +105,16 @@ class DatasetSpec:
             )
         if self.task_names and len(self.task_names) != self.tasks:
             raise ConfigError(f"DatasetSpec {self.name!r}: {len(self.task_names)} task_names for {self.tasks} tasks")
+        if self.slice_axis is not None:
+            if self.slice_axis not in (0, 1, 2):
+                raise ConfigError(f"DatasetSpec {self.name!r}: slice_axis is 0, 1, 2 or None, not {self.slice_axis}")
+            if self.channels != 1:
+                raise ConfigError(f"DatasetSpec {self.name!r}: volumes have one channel, not {self.channels}")
+
+    @property
+    def volumetric(self) -> bool:
+        """Whether a case is a volume (trained as slices, predicted and scored whole)."""
+        return self.slice_axis is not None
 
     @property
     def valid_tasks(self) -> list[int]:
@@ -169,6 +186,9 @@ class Settings:
             generator did), anew each epoch; False validates on the images as they are.
         dice_smooth: the additive smoothing of the soft Dice loss (the study's: 0, plain
             ``1 - 2 sum(p g) / (sum(p) + sum(g))``).
+        slice_margin: for a dataset of volumes, the unlabelled slices kept for training on each side of
+            the slices that any expert marked (None: every slice); see :mod:`common.data.volumes`. Datasets
+            of 2D images ignore it.
         latent_dim, kl_weight, samples: the settings of a sampling strategy (the Probabilistic U-Net,
             Kohl et al. 2018): the dimension of its latent Gaussian (the original's 6), the weight of
             KL(posterior || prior) in its loss (1), and the samples drawn per case at prediction (16,
@@ -200,6 +220,7 @@ class Settings:
     fit: str = "crop"
     augment_validation: bool = True
     dice_smooth: float = 0.0
+    slice_margin: int | None = 5
     latent_dim: int = 6
     kl_weight: float = 1.0
     samples: int = 16
@@ -233,6 +254,8 @@ class Settings:
                 raise ConfigError(f"{attr} must be one of {', '.join(allowed)}, got {getattr(self, attr)!r}")
         if not self.dice_smooth >= 0:
             raise ConfigError(f"dice_smooth must be >= 0, got {self.dice_smooth}")
+        if self.slice_margin is not None and self.slice_margin < 0:
+            raise ConfigError(f"slice_margin must be >= 0 or None (every slice), got {self.slice_margin}")
         for attr in ("latent_dim", "samples"):
             if getattr(self, attr) < 1:
                 raise ConfigError(f"{attr} must be >= 1, got {getattr(self, attr)}")

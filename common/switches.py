@@ -121,6 +121,17 @@ def parse_ct_window(text: str) -> tuple[float, float] | None:
     return (level - width / 2, level + width / 2)
 
 
+def parse_slice_margin(text: str) -> int | None:
+    """``N`` (unlabelled slices kept on each side of a volume's labelled ones) or ``all`` (every slice)."""
+    if text.strip().lower() == "all":
+        return None
+    return _int(0)(text)
+
+
+def show_slice_margin(margin: int | None) -> str:
+    return "all" if margin is None else str(margin)
+
+
 def show_ct_window(window: tuple[float, float] | None) -> str:
     if window is None:
         return "off"
@@ -175,6 +186,14 @@ SWITCHES: dict[str, Switch] = {
         Switch("shift", "shift", _float(0, 1, False), _plain, "FRAC", "maximal random shift, fraction of size"),
         Switch("flip", "flip", _on_off, _show_on_off, "on|off", "random horizontal flips"),
         Switch("ct_window", "ct_window", parse_ct_window, show_ct_window, "L/W|off", "CT window LEVEL/WIDTH in HU"),
+        Switch(
+            "slice_margin",
+            "slice_margin",
+            parse_slice_margin,
+            show_slice_margin,
+            "N|all",
+            "volumes: train on the slices any expert marked plus N unmarked ones on each side, or all slices",
+        ),
         Switch(
             "loss",
             "loss",
@@ -269,13 +288,16 @@ def show_value(name: str, value: Any) -> str:
 def apply_switches(settings: Settings, values: dict[str, Any], spec: DatasetSpec | None = None) -> Settings:
     """``settings`` with the switches' parsed ``values`` (by switch name) applied and validated.
 
-    A CT window on an MRI dataset is refused: MRI intensities are not Hounsfield units.
+    A CT window on an MRI dataset is refused: MRI intensities are not Hounsfield units; a slice margin on a
+    dataset of 2D images too.
     """
     changes = {switch(name).field: value for name, value in values.items()}
     if spec is not None and spec.modality != "CT" and changes.get("ct_window") is not None:
         raise ConfigError(
             f"ct_window: {spec.name} is {spec.modality}, not CT; a window in Hounsfield units does not apply"
         )
+    if spec is not None and not spec.volumetric and "slice_margin" in changes:
+        raise ConfigError(f"slice_margin: {spec.name} is a dataset of 2D images, not of volumes; it has no slices")
     return settings.replace(**changes)
 
 

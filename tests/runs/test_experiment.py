@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
+from common.datasets import DATASETS
 from common.experiment import parse_assignment, run_experiment, variant_folder, variant_grid
 from common.spec import ConfigError
 
@@ -161,7 +162,8 @@ def test_experiment_on_toy_data(tmp_path):
         (["--dataset", "brain-growth", "--vary", "ct_window=40/400"], "brain-growth is MRI, not CT"),
         (["--dataset", "kidney", "--set", "depth=3,4"], "--set depth: give one value"),
         (["--dataset", "kidney", "--data-root", "{tmp}/nothing"], "nothing"),
-        (["--vary", "dropout=spatial,none"], "give --dataset (brain-growth, brain-tumor, kidney, prostate)"),
+        (["--vary", "dropout=spatial,none"], f"give --dataset ({', '.join(DATASETS)})"),
+        (["--dataset", "kidney", "--vary", "slice_margin=0,5"], "kidney is a dataset of 2D images, not of volumes"),
         (["--resume", "{tmp}/old"], "--resume {tmp}/old: not an experiment folder"),
         # a resume reads the dataset from experiment.json: the --vary refusal shows it got that far
         (["--resume", "{tmp}/exp", "--vary", "depth=3"], "leave out --vary and --set"),
