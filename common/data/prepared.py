@@ -2,6 +2,10 @@
 
 Training and prediction work on the network's square grid (:mod:`common.data.preprocessing`); scoring
 works on each case's own grid, so the held-out cases also keep their original masks and image.
+
+A volume (:mod:`common.data.layout`) is prepared slice by slice into a stack, ``image`` ``(slices, S, S, 1)``
+and each mask ``(slices, S, S, 1)``; :func:`slice_cases` cuts a prepared case into the network's 2D
+samples (a 2D case is its own one sample) and :func:`input_slices` gives the stack a network predicts.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ class PreparedCase:
     """A case on the network's grid, with what is needed to score it on its own grid."""
 
     case: Case
-    image: np.ndarray  # (S, S, C) float32 in 0..1
-    masks: dict[int, np.ndarray]  # expert -> (S, S, 1) float32 0/1
+    image: np.ndarray  # (S, S, C) float32 in 0..1; a volume's (slices, S, S, 1)
+    masks: dict[int, np.ndarray]  # expert -> (S, S, 1) float32 0/1; a volume's (slices, S, S, 1)
     geometry: Geometry
     reference: nib.Nifti1Image  # the image's NIfTI (affine and header) that predictions reuse
     original_masks: np.ndarray | None = None  # (experts, rows, cols) bool, kept for scored cases only
@@ -33,10 +37,40 @@ class PreparedCase:
 def prepare_case(loaded: LoadedCase, settings: Settings, masks: bool = True) -> PreparedCase:
     """``loaded`` on the network's grid (``settings.input_size``, ``settings.fit``), with its masks unless
     ``masks`` is False (a case that is only predicted: resampling a mask is the costly part)."""
-    geometry = Geometry.fit(loaded.shape, settings.input_size, settings.fit)
-    image = to_input(normalise_image(loaded.image, settings.ct_window), geometry)
-    on_grid = {e: mask_to_input(m, geometry) for e, m in loaded.masks.items()} if masks else {}
+    volume = loaded.image.ndim == 4
+    stack = loaded.image if volume else loaded.image[np.newaxis]
+    geometry = Geometry.fit(stack.shape[1:3], settings.input_size, settings.fit)
+    normalised = normalise_image(stack, settings.ct_window, loaded.bounds)
+    image = np.stack([to_input(plane, geometry) for plane in normalised])
+    on_grid = {}
+    if masks:
+        for expert, mask in loaded.masks.items():
+            planes = mask if volume else mask[np.newaxis]
+            on_grid[expert] = np.stack([mask_to_input(plane, geometry) for plane in planes])
+    if not volume:
+        image, on_grid = image[0], {e: m[0] for e, m in on_grid.items()}
     return PreparedCase(loaded.case, image, on_grid, geometry, loaded.nifti)
+
+
+def is_volume(case: PreparedCase) -> bool:
+    return case.image.ndim == 4
+
+
+def slice_cases(case: PreparedCase, index: np.ndarray | None = None) -> list[PreparedCase]:
+    """The network's 2D samples of a prepared case: itself for a 2D case; a volume's slices (``index``: only
+    those), each with its masks, for training and validation."""
+    if not is_volume(case):
+        return [case]
+    chosen = range(len(case.image)) if index is None else index
+    return [
+        PreparedCase(case.case, case.image[i], {e: m[i] for e, m in case.masks.items()}, case.geometry, case.reference)
+        for i in chosen
+    ]
+
+
+def input_slices(case: PreparedCase) -> np.ndarray:
+    """What a network predicts for a case: ``(slices, S, S, C)``, one slice for a 2D case."""
+    return case.image if is_volume(case) else case.image[np.newaxis]
 
 
 def scored_case(loaded: LoadedCase, settings: Settings) -> PreparedCase:
@@ -46,5 +80,5 @@ def scored_case(loaded: LoadedCase, settings: Settings) -> PreparedCase:
     case's grid), so ``image``, ``masks`` and ``geometry`` are left empty.
     """
     original = loaded.mask_stack() if loaded.masks else None
-    normalised = normalise_image(loaded.image, settings.ct_window)
+    normalised = normalise_image(loaded.image, settings.ct_window, loaded.bounds)
     return PreparedCase(loaded.case, None, {}, None, loaded.nifti, original, normalised, sorted(loaded.masks))

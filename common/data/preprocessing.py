@@ -29,19 +29,33 @@ def apply_ct_window(image: np.ndarray, window: tuple[float, float]) -> np.ndarra
     return np.clip(image, low, high)
 
 
-def rescale_intensity(image: np.ndarray) -> np.ndarray:
-    """Each channel of ``(rows, cols, channels)`` min-max scaled to 0..1 (a constant channel gives 0)."""
+def rescale_intensity(image: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
+    """Each channel (the last axis) min-max scaled to 0..1 over the whole case (a constant channel gives 0).
+
+    ``image`` is ``(rows, cols, channels)`` or a volume's ``(slices, rows, cols, channels)``: one scale per
+    case, never per slice (:mod:`common.data.volumes` says why). ``bounds`` (``(2, channels)``: low, high)
+    gives that scale when ``image`` is only some slices of the case.
+    """
     image = image.astype(np.float32, copy=False)
-    low = image.min(axis=(0, 1), keepdims=True)
-    span = image.max(axis=(0, 1), keepdims=True) - low
-    return np.where(span > 0, (image - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    axes = tuple(range(image.ndim - 1))
+    if bounds is None:
+        low = image.min(axis=axes, keepdims=True)
+        span = image.max(axis=axes, keepdims=True) - low
+    else:
+        low = np.asarray(bounds[0], dtype=np.float32)
+        span = np.asarray(bounds[1], dtype=np.float32) - low
+    scaled = np.where(span > 0, (image - low) / np.where(span > 0, span, 1), 0)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32) if bounds is not None else scaled.astype(np.float32)
 
 
-def normalise_image(image: np.ndarray, ct_window: tuple[float, float] | None = None) -> np.ndarray:
-    """The study's intensity preprocessing: optional CT window (in HU), then 0..1 per channel."""
+def normalise_image(
+    image: np.ndarray, ct_window: tuple[float, float] | None = None, bounds: np.ndarray | None = None
+) -> np.ndarray:
+    """The study's intensity preprocessing: optional CT window (in HU), then 0..1 per channel over the case
+    (``bounds``: the whole case's, for some of its slices)."""
     if ct_window is not None:
         image = apply_ct_window(image, ct_window)
-    return rescale_intensity(image)
+    return rescale_intensity(image, bounds)
 
 
 FITS = ("crop", "resample")

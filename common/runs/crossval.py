@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.cases import DataError, discover_cases, natural_key
+from common.data.cases import DataError, discover_cases, grouped, natural_key
 from common.evaluation.report import uncertainty_line, versions
 from common.evaluation.uncertainty import mean_metrics
 from common.runs.folder import (
@@ -49,7 +49,7 @@ from common.runs.folder import (
 from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
 from common.runs.gather import gather_run
 from common.runs.pipeline import run_plan
-from common.runs.plan import RunOptions, check_experts, check_task, run_record
+from common.runs.plan import RunOptions, check_experts, check_groups, check_task, run_record
 from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.strategies import strategy
@@ -61,30 +61,37 @@ ROLES = ("train", "validation", "held_out")
 def make_folds(case_ids: list[str], folds: int, seed: int, validation_fraction: float) -> list[dict[str, list[str]]]:
     """``folds`` seeded folds over ``case_ids``, each with its train, validation and held-out cases.
 
-    The cases are shuffled with ``seed`` and dealt into ``folds`` groups whose sizes differ by at most
-    one; fold ``k`` holds out group ``k``. Of the other cases, ``round(validation_fraction * n)`` (at
-    least one, and at least one left to train) validate, drawn with ``(seed, k)``; the rest train.
-    Case ids within a role are in natural order.
+    The cases' groups (:func:`common.data.cases.case_group`: one case each, but the volumes ``case13-1``
+    and ``case13-2`` are one group) are shuffled with ``seed`` and dealt into ``folds`` parts whose group
+    counts differ by at most one; fold ``k`` holds out part ``k``. Of the other groups,
+    ``round(validation_fraction * n)`` (at least one, and at least one left to train) validate, drawn with
+    ``(seed, k)``; the rest train. A group's cases thus share a role in every fold. Case ids within a role
+    are in natural order.
     """
     ids = sorted(set(case_ids), key=natural_key)
     if len(ids) != len(case_ids):
         raise DataError("case ids must be unique to make folds")
+    groups = grouped(ids)
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
-    if folds > len(ids):
-        raise ConfigError(f"--folds {folds}: only {len(ids)} cases to share among the folds")
+    if folds > len(groups):
+        unit = "cases" if len(groups) == len(ids) else "case<N> groups"
+        raise ConfigError(f"--folds {folds}: only {len(groups)} {unit} to share among the folds")
     if not 0 <= validation_fraction < 1:
         raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    groups = [sorted((ids[i] for i in part), key=natural_key) for part in np.array_split(order, folds)]
+
+    def cases(parts) -> list[str]:
+        return sorted((c for g in parts for c in groups[g]), key=natural_key)
+
+    order = np.random.default_rng(seed).permutation(len(groups))
     result = []
-    for k, held_out in enumerate(groups):
-        rest = [i for i in ids if i not in set(held_out)]
+    for k, part in enumerate(np.array_split(order, folds)):
+        rest = [g for g in range(len(groups)) if g not in set(part)]
         n_validation = min(max(1, round(validation_fraction * len(rest))), len(rest) - 1)
         chosen = np.random.default_rng([seed, k]).choice(len(rest), size=n_validation, replace=False)
-        validation = sorted((rest[i] for i in chosen), key=natural_key)
-        train = [i for i in rest if i not in set(validation)]
-        result.append({"train": train, "validation": validation, "held_out": held_out})
+        validation = [rest[i] for i in chosen]
+        train = [g for g in rest if g not in set(validation)]
+        result.append({"train": cases(train), "validation": cases(validation), "held_out": cases(part)})
     return result
 
 
@@ -105,6 +112,7 @@ def check_folds(folds: list[dict[str, list[str]]], case_ids: list[str] | None = 
                 raise ConfigError(f"{where}: fold {k} puts case(s) {', '.join(both)} in both {a} and {b}")
         if not fold["train"] or not fold["held_out"]:
             raise ConfigError(f"{where}: fold {k} needs at least one training and one held-out case")
+        check_groups(fold, f"{where}: fold {k}")
         for case_id in fold["held_out"]:
             held_count[case_id] = held_count.get(case_id, 0) + 1
     twice = sorted((c for c, n in held_count.items() if n > 1), key=natural_key)
@@ -138,8 +146,15 @@ def read_splits(path: Path, dataset: str, case_ids: list[str] | None = None) -> 
     return folds
 
 
+#: The validation share of a dataset whose release does not publish its validation count (the 2021 3D sets).
+UNKNOWN_VALIDATION_FRACTION = 0.15
+
+
 def validation_fraction(spec: DatasetSpec) -> float:
-    """The official validation split's share of the training and validation cases (kidney: 4 / 24)."""
+    """The official validation split's share of the training and validation cases (kidney: 4 / 24); where the
+    release does not publish it, :data:`UNKNOWN_VALIDATION_FRACTION` (about the 2D sets' 0.13 to 0.17)."""
+    if spec.n_validation is None:
+        return UNKNOWN_VALIDATION_FRACTION
     return spec.n_validation / (spec.n_train + spec.n_validation)
 
 

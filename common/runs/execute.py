@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from common.data.cases import DataError, LoadedCase
-from common.data.prepared import PreparedCase, prepare_case
+from common.data.layout import layout_of
+from common.data.prepared import PreparedCase, input_slices, prepare_case, slice_cases
 from common.data.preprocessing import from_input
+from common.data.volumes import training_slices
 from common.runs.folder import (
     RESULT_FILE,
     TENSORBOARD_FOLDER,
@@ -33,20 +35,31 @@ from common.runs.storage import RunLog
 
 
 def prepared_cases(plan: Plan) -> dict[str, list[PreparedCase]]:
-    """Each role's cases (and the test cases) on the network's grid, from the data the plan checked; the
-    masks of those that train or validate only."""
-    loaded = plan.checked.loaded
-    learns = {"train", "validation"}  # the held-out cases are scored on their own grid, by the gather step
-    cases = {
-        role: [prepare_case(loaded[i], plan.settings, masks=role in learns) for i in ids]
-        for role, ids in plan.roles.items()
-    }
+    """The network's samples of the training and validation cases (``train``, ``validation``: a 2D case
+    itself, a volume's training slices, :mod:`common.data.volumes`), and the whole cases it predicts
+    (``predicted``: held-out, validation, then test), on the network's grid, from the data the plan checked.
+    The held-out and test cases come without masks: they are scored on their own grid, by the gather step."""
+    loaded, settings = plan.checked.loaded, plan.settings
+    samples: dict[str, list[PreparedCase]] = {"train": [], "validation": []}
+    whole: dict[str, PreparedCase] = {}
+    for role in ("train", "validation"):
+        for case_id in plan.roles[role]:
+            case = loaded[case_id]
+            prepared = prepare_case(case, settings)
+            index = None  # a reduced volume holds only its training slices already
+            if case.image.ndim == 4 and case.slice_index is None:
+                index = training_slices(case.masks, settings.slice_margin, depth=len(case.image))
+            samples[role].extend(slice_cases(prepared, index))
+            if role == "validation":
+                whole[case_id] = prepared
+    for case_id in plan.roles["held_out"]:
+        whole[case_id] = prepare_case(loaded[case_id], settings, masks=False)
     images = plan.checked.test_images
-    cases["test"] = [
-        prepare_case(LoadedCase(c, images[c.case_id][0], {}, images[c.case_id][1]), plan.settings)
-        for c in plan.test_cases
+    test = [
+        prepare_case(LoadedCase(c, images[c.case_id][0], {}, images[c.case_id][1]), settings) for c in plan.test_cases
     ]
-    return cases
+    predicted = [whole[i] for i in plan.roles["held_out"] + plan.roles["validation"]] + test
+    return {**samples, "predicted": predicted}
 
 
 def execute(
@@ -79,8 +92,8 @@ def execute(
     learner = strategy(plan.settings.strategy)
     training.seed_everything(plan.seed, plan.config.get("deterministic", False))
     cases = prepared_cases(plan)
-    predicted = cases["held_out"] + cases["validation"] + cases["test"]
-    images = np.stack([c.image for c in predicted])
+    predicted = cases["predicted"]
+    images = np.concatenate([input_slices(c) for c in predicted])
     checkpoint_seconds = (
         training.CHECKPOINT_SECONDS if options.checkpoint_seconds is None else options.checkpoint_seconds
     )
@@ -98,7 +111,7 @@ def execute(
             interrupted = files.backup_state.is_file()
             runlog(
                 f"{prefix}: {'continuing its interrupted training' if interrupted else 'training'} "
-                f"on {len(train_arrays[0])} cases, validating on "
+                f"on {len(train_arrays[0])} {_samples(plan)}, validating on "
                 f"{0 if validation_arrays is None else len(validation_arrays[0])} "
                 f"(elapsed {time.perf_counter() - started:.0f} s)"
             )
@@ -128,13 +141,23 @@ def execute(
 
 
 def write_maps(plan: Plan, run_dir: Path, network, predicted: list[PreparedCase], on_grid: np.ndarray) -> None:
-    """Each output's map of each predicted case, back on the case's own grid, as NIfTI."""
+    """Each output's map of each predicted case, back on the case's own grid (a volume's slices stacked
+    back), as NIfTI. ``on_grid`` holds the cases' slices one after another, as :func:`input_slices` gave them."""
     from common.evaluation.predictions import write_prediction
 
+    layout = layout_of(plan.spec)
     paths = output_map_paths(run_dir, plan.spec.name, plan.task, network, [c.case.case_id for c in predicted])
     for channel, channel_paths in enumerate(paths):
-        for index, (case, path) in enumerate(zip(predicted, channel_paths, strict=True)):
-            write_prediction(path, from_input(on_grid[index, ..., channel], case.geometry), case.reference)
+        first = 0
+        for case, path in zip(predicted, channel_paths, strict=True):
+            count = len(input_slices(case))
+            planes = [from_input(on_grid[first + i, ..., channel], case.geometry) for i in range(count)]
+            first += count
+            write_prediction(path, layout.from_slices(np.stack(planes)), case.reference, layout)
+
+
+def _samples(plan: Plan) -> str:
+    return "slices" if plan.spec.volumetric else "cases"
 
 
 def _prefix(network, number: int, plan: Plan) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.cases import Case, DataError, discover_cases
+from common.data.cases import Case, DataError, case_group, discover_cases, grouped
 from common.data.check import CheckedData
 from common.runs.folder import _json_ready, expert_name
 from common.spec import ConfigError, DatasetSpec, Settings
@@ -81,14 +81,47 @@ def check_experts(spec: DatasetSpec, experts: list[int] | None) -> list[int]:
 
 
 def choose_held_out(case_ids: list[str], n_held_out: int, seed: int) -> list[str]:
-    """The training cases kept out of training and validation for scoring, drawn from ``seed``."""
+    """The training cases kept out of training and validation for scoring, drawn from ``seed``.
+
+    Cases of one group (:func:`common.data.cases.case_group`: the volumes ``case13-1`` and ``case13-2``) are
+    held out together: groups are drawn in a seeded order until at least ``n_held_out`` cases are held out
+    (one group more may overshoot by its size). Where every group is one case (the 2D sets), this is the
+    plain draw of ``n_held_out`` cases it always was.
+    """
     if n_held_out >= len(case_ids):
         raise DataError(
             f"cannot hold out {n_held_out} of {len(case_ids)} training cases: at least one must remain to train on"
         )
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(case_ids), size=n_held_out, replace=False)
-    return [case_ids[i] for i in sorted(chosen)]
+    groups = grouped(case_ids)
+    if len(groups) == len(case_ids):
+        chosen = rng.choice(len(case_ids), size=n_held_out, replace=False)
+        return [case_ids[i] for i in sorted(chosen)]
+    held: set[str] = set()
+    for index in rng.permutation(len(groups)):
+        if len(held) >= n_held_out:
+            break
+        held.update(groups[index])
+    if len(held) == len(case_ids):
+        raise DataError(
+            f"cannot hold out {n_held_out} of {len(case_ids)} training cases in {len(groups)} case<N> groups: at "
+            "least one group must remain to train on"
+        )
+    return [c for c in case_ids if c in held]
+
+
+def check_groups(roles: dict[str, list[str]], where: str) -> None:
+    """Refuse a split that holds out a case of a group (``case13-1``) and trains or validates on another
+    (``case13-2``): they may be one patient's, and the held-out score would not be of unseen data."""
+    sides = {group: role for role in ("train", "validation") for c in roles.get(role, []) for group in [case_group(c)]}
+    for case_id in roles.get("held_out", []):
+        group = case_group(case_id)
+        if group in sides:
+            other = next(c for c in roles[sides[group]] if case_group(c) == group)
+            raise ConfigError(
+                f"{where} holds out {case_id} but puts {other} in {sides[group]}: cases of one {group}-... group "
+                "(possibly one patient's volumes) must stay on one side of a held-out split"
+            )
 
 
 def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, list[str]]:
@@ -110,6 +143,7 @@ def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, lis
             raise ConfigError(f"the split puts case(s) {', '.join(both)} in both {a} and {b}")
     if not roles["train"] or not roles["held_out"]:
         raise ConfigError("the split needs at least one training case and one held-out case")
+    check_groups(roles, "the split")
     return roles
 
 
@@ -205,6 +239,7 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
         {n.name: list(n.heads) for n in networks},
         test_cases,
         echo=options.log,
+        keep=_keeper(spec, settings),
     )
     found.extend(w for w in checked.warnings if w not in found)
     options.log(checked.summary())
@@ -222,6 +257,19 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
         }
     )
     return plan
+
+
+def _keeper(spec: DatasetSpec, settings: Settings):
+    """What the data check keeps of each case: all of it, but of a volume that only trains its training
+    slices (:func:`common.data.volumes.keep_slices`); held-out and validation volumes are predicted whole."""
+    if not spec.volumetric:
+        return None
+    from common.data.volumes import keep_slices
+
+    def keep(roles: set[str], loaded):
+        return keep_slices(loaded, settings.slice_margin, settings.ct_window) if roles == {"train"} else loaded
+
+    return keep
 
 
 def run_record(
