@@ -6,7 +6,9 @@
         --dataset kidney --split train --task 1
 
 Maps are read from ``<case>/taskTT.nii.gz`` under ``--pred/<dataset>`` or ``--pred`` itself, and each
-case is scored with the QUBIQ score against all the masks its experts drew for the task. The table is
+case is scored with the QUBIQ score against all the masks its experts drew for the task. A volume (the 2021
+pancreas sets) is scored as the challenge states it, one Dice per volume and threshold; the per-slice figure
+some participants reported is added, labelled, in ``results.json`` (``per_slice``) and the table. The table is
 printed, the overall score on the last line, and ``results.json`` and ``dice_matrix.csv`` are written
 into ``--out``.
 
@@ -52,7 +54,7 @@ import numpy as np
 from common.data.cases import Case, DataError, discover_cases, load_mask, natural_key
 from common.evaluation.predictions import find_predictions, read_prediction
 from common.evaluation.report import dice_matrix_csv, dice_table_lines
-from common.evaluation.scoring import score_cases
+from common.evaluation.scoring import score_cases, score_slices
 from common.runs.folder import CONFIG_FILE, DICE_MATRIX_FILE, PREDICTIONS_FOLDER, RESULTS_FILE
 from common.runs.storage import StorageError, write_atomic, write_json
 from common.spec import RELEASE_NAMES, SPLITS, ConfigError
@@ -240,11 +242,8 @@ def score_folder(
             reasons[case_id] = f"not held out by the run: {roles.get(case_id, 'in no role of its split')}"
     not_scored = dict(sorted(reasons.items(), key=lambda item: natural_key(item[0])))
 
-    maps, truth = {}, {}
-    for case_id in selected:
-        truth[case_id] = _consensus_masks(in_split[case_id], task)
-        maps[case_id] = _checked_map(predictions[case_id], truth[case_id].shape[1:])
-    scores = score_cases(maps, truth)
+    layout = dataset_layout(dataset, config_path)
+    scores, per_slice = _score_selected(selected, in_split, predictions, layout, task)
     return {
         "score": scores["score"],
         "per_threshold": {f"{t:.1f}": v for t, v in zip(scores["thresholds"], scores["per_threshold"], strict=True)},
@@ -260,7 +259,34 @@ def score_folder(
         "predictions": {c: str(predictions[c].resolve()) for c in selected},
         "not_scored": not_scored,
         "held_out_from": str(config_path) if run_split is not None else None,
+        **({"per_slice": {"score": per_slice["score"], "per_case": per_slice["per_case"]}} if per_slice else {}),
     }
+
+
+def _score_selected(selected: list[str], in_split: dict, predictions: dict, layout, task: int) -> tuple:
+    """The scores of the selected cases' maps, and for volumes the per-slice figure (else None)."""
+    maps, truth = {}, {}
+    for case_id in selected:
+        truth[case_id] = _consensus_masks(in_split[case_id], task, layout)
+        maps[case_id] = _checked_map(predictions[case_id], truth[case_id].shape[1:], layout)
+    return score_cases(maps, truth), (score_slices(maps, truth) if layout.volumetric else None)
+
+
+def dataset_layout(dataset: str, config_path: Path | None = None):
+    """How ``dataset``'s cases are laid out (:mod:`common.data.layout`): as the run's ``config.json`` describes
+    its dataset when ``--pred`` is a run's folder, else as :mod:`common.datasets` does (a volume set's volumes);
+    a dataset this project does not know is read as 2D images."""
+    from common.data.layout import Planar, layout_of
+    from common.datasets import DATASETS
+
+    if config_path is not None:
+        from common.runs.gather import spec_from_config
+
+        try:
+            return layout_of(spec_from_config(json.loads(Path(config_path).read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # read_run_split has read this file already; an odd one falls back to the registry
+    return layout_of(DATASETS[dataset].spec) if dataset in DATASETS else Planar(1)
 
 
 def _cases_of_other_splits(data_root: Path, dataset: str, split: str, release: str | None = None) -> dict[str, str]:
@@ -276,8 +302,9 @@ def _cases_of_other_splits(data_root: Path, dataset: str, split: str, release: s
     return found
 
 
-def _consensus_masks(case: Case, task: int) -> np.ndarray:
-    """All the masks the case's experts drew for ``task``, as bool ``(experts, rows, cols)``."""
+def _consensus_masks(case: Case, task: int, layout=None) -> np.ndarray:
+    """All the masks the case's experts drew for ``task``, as bool ``(experts, rows, cols)`` (a volume's:
+    ``(experts, slices, rows, cols)``)."""
     experts = case.experts_for(task)
     if not experts:
         tasks = sorted({t for t, _ in case.masks})
@@ -285,7 +312,7 @@ def _consensus_masks(case: Case, task: int) -> np.ndarray:
         raise DataError(
             f"case {case.case_id} has no mask for task {task} ({case.folder}; {has}): nothing to score against"
         )
-    masks = [load_mask(case.masks[(task, expert)]) for expert in experts]
+    masks = [load_mask(case.masks[(task, expert)], layout or 1) for expert in experts]
     for expert, mask in zip(experts, masks, strict=True):
         if mask.shape != masks[0].shape:
             raise DataError(
@@ -295,8 +322,8 @@ def _consensus_masks(case: Case, task: int) -> np.ndarray:
     return np.stack(masks)
 
 
-def _checked_map(path: Path, grid: tuple[int, ...]) -> np.ndarray:
-    prediction = read_prediction(path)
+def _checked_map(path: Path, grid: tuple[int, ...], layout=None) -> np.ndarray:
+    prediction = read_prediction(path, layout)
     if prediction.shape != tuple(grid):
         raise DataError(f"{path}: prediction of shape {prediction.shape} differs from the masks' {tuple(grid)}")
     if not np.isfinite(prediction).all():
@@ -341,6 +368,11 @@ def format_scores(results: dict, out: Path | None = None) -> str:
         *dice_table_lines(_as_score_cases(results)),
         *_not_scored_lines(results["not_scored"]),
     ]
+    if results.get("per_slice"):
+        lines.append(
+            f"Per slice (mean of each slice's Dice; participants' figure, not the score): "
+            f"{results['per_slice']['score']:.4f}"
+        )
     if out is not None:
         lines.append(f"Written: {Path(out) / RESULTS_FILE}, {Path(out) / DICE_MATRIX_FILE}")
     lines += ["", f"QUBIQ score: {results['score']:.4f}"]

@@ -13,6 +13,12 @@ Exactness at ``k/n``: thresholds are the fractions ``j/10``, and the ground trut
 as float32 (``float32(0.7) = 0.69999999``) is compared with a tolerance of :data:`PREDICTION_TOLERANCE`,
 far below any difference a network's output means.
 
+Volumes (the 2021 release's pancreas sets) are scored as the challenge states it: one Dice per volume
+and threshold over all its voxels, then the mean over thresholds and over volumes; :func:`score_cases`
+does exactly that for ``(slices, rows, cols)`` maps. Participants also reported a per-slice figure, the
+mean over a volume's slices of each slice's Dice (both empty = 1): :func:`score_slices`, a labelled
+secondary figure, never the score.
+
 This module needs numpy only (no TensorFlow), so scoring other tools' output stays fast.
 """
 
@@ -103,6 +109,48 @@ def score_cases(predictions: dict[str, np.ndarray], masks: dict[str, np.ndarray]
         raise ValueError("no case to score")
     case_ids = list(masks)
     matrix = np.stack([threshold_dice(predictions[c], masks[c]) for c in case_ids])
+    return {
+        "cases": case_ids,
+        "thresholds": list(THRESHOLDS),
+        "dice": matrix.tolist(),
+        "per_case": dict(zip(case_ids, matrix.mean(axis=1).tolist(), strict=True)),
+        "per_threshold": matrix.mean(axis=0).tolist(),
+        "score": float(matrix.mean()),
+    }
+
+
+def slice_threshold_dice(prediction: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per threshold, the mean over a volume's slices of each slice's Dice (both empty = 1), shape ``(9,)``.
+
+    Args:
+        prediction: a volume's probability map ``(slices, rows, cols)`` in [0, 1].
+        masks: the experts' binary masks ``(experts, slices, rows, cols)``.
+    """
+    prediction, masks = _check(prediction, masks)
+    if prediction.ndim != 3:
+        raise ValueError(f"a per-slice score needs a volume (slices, rows, cols), got shape {prediction.shape}")
+    counts = masks.sum(axis=0)
+    n = masks.shape[0]
+    result = []
+    for j in TENTHS:
+        predicted = prediction >= j / 10 - PREDICTION_TOLERANCE
+        truth = 10 * counts >= j * n
+        overlap = np.logical_and(predicted, truth).sum(axis=(1, 2))
+        total = predicted.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+        per_slice = np.where(total == 0, 1.0, 2.0 * overlap / np.maximum(total, 1))
+        result.append(per_slice.mean())
+    return np.array(result, dtype=np.float64)
+
+
+def score_slices(predictions: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict:
+    """The per-slice figure of several volumes: as :func:`score_cases`, with each volume's Dice at a threshold
+    replaced by the mean over its slices of the per-slice Dice (:func:`slice_threshold_dice`)."""
+    if set(predictions) != set(masks):
+        raise ValueError("predictions and masks cover different cases")
+    if not masks:
+        raise ValueError("no case to score")
+    case_ids = list(masks)
+    matrix = np.stack([slice_threshold_dice(predictions[c], masks[c]) for c in case_ids])
     return {
         "cases": case_ids,
         "thresholds": list(THRESHOLDS),

@@ -23,11 +23,13 @@ import nibabel as nib
 import numpy as np
 
 from common.data.cases import Case, DataError, LoadedCase, discover_cases, load_case
+from common.data.layout import CaseLayout, layout_of
 from common.data.prepared import PreparedCase, scored_case
+from common.data.volumes import plot_slice
 from common.evaluation.ensemble import MapAverager
 from common.evaluation.predictions import prediction_path, read_prediction, write_prediction
 from common.evaluation.report import dice_matrix_csv, format_table
-from common.evaluation.scoring import score_cases
+from common.evaluation.scoring import score_cases, score_slices
 from common.runs.folder import (
     CONFIG_FILE,
     DICE_MATRIX_FILE,
@@ -206,13 +208,14 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
             f"{spec.title}, task {task} ({spec.task_name(task)}): gathered the saved maps of {len(networks)} "
             f"network(s) in {run_dir} (no network was run)"
         )
-    maps = read_maps(run_dir, spec.name, task, settings, networks, predicted, set(held_out))
+    layout = layout_of(spec)
+    maps = read_maps(run_dir, spec.name, task, settings, networks, predicted, set(held_out), layout)
     root = Path(run_dir) / PREDICTIONS_FOLDER
     for case_id in predicted:
         path = prediction_path(root, spec.name, case_id, task)
         if path not in maps.read:  # a consensus network's map is the ensemble's map itself
             try:
-                write_prediction(path, maps.ensemble[case_id], sources.references[case_id])
+                write_prediction(path, maps.ensemble[case_id], sources.references[case_id], layout)
             except ValueError as error:
                 raise DataError(str(error)) from error
     trained = {}
@@ -270,10 +273,18 @@ class GatheredMaps:
 
 
 def read_maps(
-    run_dir: Path, dataset: str, task: int, settings: Settings, networks: list, predicted: list[str], held_out: set[str]
+    run_dir: Path,
+    dataset: str,
+    task: int,
+    settings: Settings,
+    networks: list,
+    predicted: list[str],
+    held_out: set[str],
+    layout: CaseLayout | None = None,
 ) -> GatheredMaps:
-    """Every network's saved outputs of every predicted case, turned into maps by the run's strategy
-    (:meth:`~common.strategies.Strategy.member_maps`, ``rule_maps``, ``samples``) and averaged."""
+    """Every network's saved outputs of every predicted case (in ``layout``: 2D maps by default), turned
+    into maps by the run's strategy (:meth:`~common.strategies.Strategy.member_maps`, ``rule_maps``,
+    ``samples``) and averaged."""
     from common.strategies import strategy
 
     learner = strategy(settings.strategy)
@@ -288,7 +299,7 @@ def read_maps(
         if learner.members_are_experts:
             members.update({name: {} for name in names})
         for index, case_id in enumerate(predicted):
-            outputs = [read_prediction(p[index]) for p in paths]
+            outputs = [read_prediction(p[index], layout) for p in paths]
             read.update(p[index] for p in paths)
             try:
                 for name, probability in zip(names, learner.member_maps(network, outputs), strict=True):
@@ -373,6 +384,8 @@ def report_run(
     expert_scores = {name: score_cases(m, truth) for name, m in held_maps.items()}
     rule_scores = {rule: score_cases(m, truth) for rule, m in maps.rules.items()}
     references = reference_scores(truth)
+    volumes = bool(truth) and next(iter(truth.values())).ndim == 4
+    per_slice = score_slices(ensemble, truth) if volumes else None
     uncertainty = uncertainty_metrics(ensemble, truth, maps.samples, maps.sample_names, spec.experts)
     results = {
         "dataset": spec.name,
@@ -394,6 +407,18 @@ def report_run(
             for name, s in expert_scores.items()
         },
         "experts_in_ensemble": list(held_maps),
+        **(
+            {
+                "per_slice": {
+                    "meaning": PER_SLICE_MEANING,
+                    "score": per_slice["score"],
+                    "per_case": per_slice["per_case"],
+                    "per_threshold": per_slice["per_threshold"],
+                }
+            }
+            if per_slice
+            else {}
+        ),
         **(
             {
                 "map_rule": learner.map_rule,
@@ -427,19 +452,32 @@ def report_run(
             ensemble,
             plot_logs,
         )
-    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(ensemble)} held-out cases"
-    runlog(
-        format_table(
-            title,
-            ensemble_scores,
-            expert_scores,
-            references,
-            settings.strategy,
-            uncertainty["mean"],
-            {rule: r["score"] for rule, r in rule_scores.items()},
-        )
+    title = f"{spec.title}, task {task} ({spec.task_name(task)}): {len(ensemble)} held-out {_cases(spec)}"
+    table = format_table(
+        title,
+        ensemble_scores,
+        expert_scores,
+        references,
+        settings.strategy,
+        uncertainty["mean"],
+        {rule: r["score"] for rule, r in rule_scores.items()},
     )
+    if per_slice:
+        figure = per_slice["score"]
+        table += f"\nper slice (mean of each slice's Dice; participants' figure, not the score): {figure:.4f}"
+    runlog(table)
     return results
+
+
+#: What results.json's ``per_slice`` is (volumes only).
+PER_SLICE_MEANING = (
+    "mean over a volume's slices of each slice's Dice (both empty = 1) at each threshold, then over thresholds "
+    "and volumes; a secondary figure some participants reported: the score is one Dice per volume"
+)
+
+
+def _cases(spec: DatasetSpec) -> str:
+    return "volumes" if spec.volumetric else "cases"
 
 
 def write_plots(
@@ -466,12 +504,17 @@ def write_plots(
     )
     for case in scored:
         case_id = case.case.case_id
+        image, masks, prediction, where = case.original_image, case.original_masks, ensemble[case_id], ""
+        if masks.ndim == 4:  # a volume: the slice where the consensus covers the most voxels
+            index = plot_slice(masks)
+            image, masks, prediction = image[index], masks[:, index], prediction[index]
+            where = f", slice {index + 1} of {len(case.original_image)} (the consensus's largest)"
         plots.plot_case(
             folder / f"case_{case_id}.png",
-            case.original_image,
-            case.original_masks,
-            ensemble[case_id],
-            f"{what}: {case_id}",
+            image,
+            masks,
+            prediction,
+            f"{what}: {case_id}{where}",
             expert_labels=[expert_name(e) for e in case.original_experts],
         )
     plots.plot_training_curves(

@@ -45,6 +45,7 @@ import numpy as np
 
 from common.data.cases import DataError, load_image
 from common.data.inputs import InputImage, find_inputs, image_grid, read_header
+from common.data.layout import layout_of
 from common.data.preprocessing import Geometry, from_input, normalise_image, to_input
 from common.evaluation.ensemble import MapAverager, binary_entropy_bits
 from common.runs.storage import StorageError, write_json
@@ -93,6 +94,12 @@ class Prediction:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)  # inputs whose outputs are complete (--continue)
+    slices: dict[str, int] = field(default_factory=dict)  # input name -> its slices (1 for a 2D image)
+
+    def place(self, item: InputImage) -> int:
+        """The place of ``item``'s first slice among all the inputs' slices (a sampler's noise follows it)."""
+        before = self.inputs[: self.inputs.index(item)]
+        return sum(self.slices.get(other.name, 1) for other in before)
 
     def record(self) -> dict:
         """What ``predict.json`` holds."""
@@ -157,17 +164,26 @@ def output_paths(item: InputImage, output: Path, members: list[str], options: Pr
     return paths
 
 
-def check_headers(run: TrainedRun, inputs: list[InputImage]) -> tuple[list[str], list[str]]:
-    """Every input's header read: the problems (one line each) and the warnings (a border cropped off)."""
-    problems, notes = [], []
+def check_headers(run: TrainedRun, inputs: list[InputImage]) -> tuple[list[str], list[str], dict[str, int]]:
+    """Every input's header read: the problems (one line each), the warnings (a border cropped off) and each
+    input's slice count (1 for a 2D image). A run on volumes takes volumes (:mod:`common.data.layout`), one on
+    2D images takes 2D images (the channel rule of :mod:`common.data.inputs`); the other kind is refused."""
+    problems, notes, slices = [], [], {}
     channels, settings = run.spec.channels, run.settings
+    layout = layout_of(run.spec)
     for item in inputs:
         try:
             shape = tuple(int(d) for d in read_header(item.path).shape)
         except DataError as error:
             problems.append(str(error))
             continue
-        grid = image_grid(shape, channels)
+        if layout.volumetric:
+            problem = layout.shape_problem(shape)
+            grid = f"{problem} (the run was trained on {run.spec.name})" if problem else layout.in_plane(shape)
+            slices[item.name] = shape[layout.slice_axis] if problem is None else 0
+        else:
+            grid = image_grid(shape, channels)
+            slices[item.name] = 1
         if isinstance(grid, str):
             problems.append(f"{item.path}: {grid}")
             continue
@@ -179,7 +195,7 @@ def check_headers(run: TrainedRun, inputs: list[InputImage]) -> tuple[list[str],
                 f"the run fits by cropping (fit=crop): outside the central {kept[0]} x {kept[1]} the map is "
                 "background (probability 0)"
             )
-    return problems, notes
+    return problems, notes, slices
 
 
 def plan_prediction(run_dir: Path, input_path: Path, output: Path, options: PredictOptions) -> Prediction:
@@ -204,7 +220,7 @@ def plan_prediction(run_dir: Path, input_path: Path, output: Path, options: Pred
         raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
     check_output(output, input_path, run_dir)
     inputs, skipped = find_inputs(input_path, run.task)
-    problems, notes = check_headers(run, inputs)
+    problems, notes, slices = check_headers(run, inputs)
     outputs, owner = {}, {}
     for item in inputs:
         outputs[item.name] = output_paths(item, output, members, options)
@@ -216,7 +232,7 @@ def plan_prediction(run_dir: Path, input_path: Path, output: Path, options: Pred
         head = f"{len(problems)} input problem(s), nothing was written:\n  " if len(problems) > 1 else ""
         raise DataError(head + "\n  ".join(problems))
     batch_size = options.batch_size or run.settings.batch_size
-    plan = Prediction(run, input_path, output, options, tta, batch_size, inputs, outputs, skipped, notes)
+    plan = Prediction(run, input_path, output, options, tta, batch_size, inputs, outputs, skipped, notes, slices=slices)
     check_existing(plan)
     return plan
 
@@ -307,7 +323,8 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
     loaded = time.perf_counter() - started
     say(f"loaded {len(saved)} network(s) in {loaded:.1f} s")
     progress = Progress(len(todo), log)
-    chunk = plan.batch_size * -(-CHUNK_IMAGES // plan.batch_size)
+    # a volume is a chunk of its own: its slices are already many images
+    chunk = 1 if plan.run.spec.volumetric else plan.batch_size * -(-CHUNK_IMAGES // plan.batch_size)
     for first in range(0, len(todo), chunk):
         try:
             done = predict_chunk(plan, predictor, saved, todo[first : first + chunk])
@@ -330,40 +347,48 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
 
 
 def predict_chunk(plan: Prediction, predictor, saved: list, items: list[InputImage]) -> list[InputImage]:
-    """Read, preprocess and predict ``items`` through every network; write each one's maps."""
-    settings, channels = plan.run.settings, plan.run.spec.channels
-    references, geometries, images = {}, {}, []
+    """Read, preprocess and predict ``items`` through every network; write each one's maps (a volume's
+    slices are predicted and stacked back, :mod:`common.data.layout`)."""
+    settings, layout = plan.run.settings, layout_of(plan.run.spec)
+    references, geometries, images, counts = {}, {}, [], []
     for item in items:
-        image, references[item.name] = load_image(item.path, channels)
-        geometries[item.name] = Geometry.fit(image.shape[:2], settings.input_size, settings.fit)
-        images.append(to_input(normalise_image(image, settings.ct_window), geometries[item.name]))
+        image, references[item.name] = load_image(item.path, layout)
+        planes = layout.slices(normalise_image(image, settings.ct_window))  # one intensity scale per case
+        geometries[item.name] = Geometry.fit(planes.shape[1:3], settings.input_size, settings.fit)
+        images.extend(to_input(plane, geometries[item.name]) for plane in planes)
+        counts.append(len(planes))
     batch = np.stack(images)
     averager = MapAverager()
     learner = strategy(settings.strategy)
-    first = plan.inputs.index(items[0])  # the chunk's place in the prediction (a sampler's noise follows it)
+    first = plan.place(items[0])  # the chunk's place in the prediction (a sampler's noise follows it)
+    starts = np.cumsum([0, *counts])
     for network, weights in zip(plan.run.networks, saved, strict=True):
         maps = predictor.predict(weights, batch, first=first)
         for index, item in enumerate(items):
-            outputs = [from_input(maps[index, ..., c], geometries[item.name]) for c in range(maps.shape[-1])]
+            stack = maps[starts[index] : starts[index + 1]]
+            outputs = [
+                layout.from_slices(np.stack([from_input(plane[..., c], geometries[item.name]) for plane in stack]))
+                for c in range(maps.shape[-1])
+            ]
             for member, on_case in zip(network.members, learner.member_maps(network.network, outputs), strict=True):
                 averager.add(item.name, on_case)
                 if plan.options.save_members:
-                    write_map(plan.outputs[item.name][f"member:{member}"], on_case, references[item.name])
+                    write_map(plan.outputs[item.name][f"member:{member}"], on_case, references[item.name], layout)
     means = averager.mean()
     spread = averager.std() if plan.options.uncertainty else {}
     for item in items:
         paths, reference = plan.outputs[item.name], references[item.name]
         if plan.options.uncertainty:
-            write_map(paths["std"], spread[item.name], reference)
-            write_map(paths["entropy"], binary_entropy_bits(means[item.name]), reference)
-        write_map(paths["map"], means[item.name], reference)  # last: an image is done once its map is there
+            write_map(paths["std"], spread[item.name], reference, layout)
+            write_map(paths["entropy"], binary_entropy_bits(means[item.name]), reference, layout)
+        write_map(paths["map"], means[item.name], reference, layout)  # last: an image is done once its map is there
     return items
 
 
-def write_map(path: Path, array: np.ndarray, reference) -> None:
+def write_map(path: Path, array: np.ndarray, reference, layout=None) -> None:
     from common.evaluation.predictions import write_prediction
 
-    write_prediction(path, np.clip(array, 0.0, 1.0), reference)
+    write_prediction(path, np.clip(array, 0.0, 1.0), reference, layout)
 
 
 def predict(

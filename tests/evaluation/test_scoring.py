@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from common.evaluation.scoring import THRESHOLDS, case_score, consensus_at, dice, score_cases, threshold_dice
+from common.evaluation.scoring import (
+    THRESHOLDS,
+    case_score,
+    consensus_at,
+    dice,
+    score_cases,
+    score_slices,
+    slice_threshold_dice,
+    threshold_dice,
+)
 
 
 def stack(*masks):
@@ -140,3 +149,67 @@ def test_float32_and_float64_copies_score_identically():
     as32 = threshold_dice(near, masks)
     assert np.array_equal(as32, threshold_dice(near.astype(np.float64), masks))
     assert case_score(near, masks) == case_score(near.astype(np.float64), masks)
+
+
+# --- volumes: one Dice per volume and threshold, and the per-slice figure ------------------------------------------
+
+# Two raters, a volume of 2 slices of 1 x 2 voxels: rater 1 marks both voxels of slice 0, rater 2 the first;
+# the consensus is [1, 0.5] in slice 0 and empty in slice 1.
+VOLUME_MASKS = np.array([[[[1, 1]], [[0, 0]]], [[[1, 0]], [[0, 0]]]], dtype=bool)
+VOLUME_MAP = np.array([[[0.9, 0.3]], [[0.0, 0.2]]])
+
+
+def test_a_volume_is_scored_with_one_dice_per_threshold_over_all_its_voxels():
+    # t 0.1, 0.2: prediction {s0a, s0b, s1b} vs truth {s0a, s0b}: 4/5; t 0.3: 1; t 0.4, 0.5: {s0a} vs
+    # {s0a, s0b}: 2/3; t 0.6 .. 0.9: {s0a} vs {s0a}: 1
+    expected = [0.8, 0.8, 1.0, 2 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]
+    assert np.allclose(threshold_dice(VOLUME_MAP, VOLUME_MASKS), expected)
+    assert case_score(VOLUME_MAP, VOLUME_MASKS) == pytest.approx(np.mean(expected))
+
+
+def test_the_per_slice_figure_is_the_mean_over_slices_of_each_slices_dice():
+    # slice 1 is empty in the truth: Dice 0 where the map marks its 0.2 voxel (t <= 0.2), else both empty: 1
+    expected = [0.5, 0.5, 1.0, 5 / 6, 5 / 6, 1.0, 1.0, 1.0, 1.0]
+    assert np.allclose(slice_threshold_dice(VOLUME_MAP, VOLUME_MASKS), expected)
+    scored = score_slices({"v": VOLUME_MAP}, {"v": VOLUME_MASKS})
+    assert scored["score"] == pytest.approx(np.mean(expected)) and scored["per_case"]["v"] == pytest.approx(0.85185185)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (0.0, 1.0),  # an empty volume, an empty map: right at every threshold
+        (0.5, 4 / 9),  # marked at t <= 0.5 where nothing is: Dice 0 five times
+        (0.95, 0.0),
+    ],
+)
+def test_an_empty_volume(value, expected):
+    masks = np.zeros((2, 3, 2, 2), dtype=bool)
+    prediction = np.zeros((3, 2, 2))
+    prediction[1, 0, 0] = value
+    assert case_score(prediction, masks) == pytest.approx(expected)
+    assert score_slices({"v": prediction}, {"v": masks})["score"] == pytest.approx(
+        1 - (1 - expected) / 3  # the two empty slices score 1 at every threshold
+    )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (0.5, 1.0),  # the consensus is 1/2 where rater 1 marked: foreground at t <= 0.5 exactly, as the map
+        (0.55, 1.0),
+        (0.7, 7 / 9),  # marked at t = 0.6 and 0.7, where the consensus (1/2) is not
+        (0.45, 8 / 9),  # not marked at t = 0.5, where the consensus is
+    ],
+)
+def test_a_volume_with_one_empty_rater(value, expected):
+    masks = np.zeros((2, 2, 3, 3), dtype=bool)
+    masks[0, 1, 1, 1] = True  # rater 2 marked nothing in the whole volume
+    prediction = np.zeros((2, 3, 3), dtype=np.float32)
+    prediction[1, 1, 1] = value
+    assert case_score(prediction, masks) == pytest.approx(expected)
+
+
+def test_the_per_slice_figure_needs_a_volume():
+    with pytest.raises(ValueError, match="needs a volume"):
+        slice_threshold_dice(np.zeros((2, 2)), np.zeros((1, 2, 2), dtype=bool))
