@@ -1085,18 +1085,27 @@ def generate_into_place(
     tmp_prefix: str,
     hint: str = "",
     details: Callable[[], dict] | None = None,
+    targets: dict[str, Path] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Path:
-    """The generate-once mechanism of both demo generators (this module and ``common.data.anatomy``).
+    """The generate-once mechanism of every demo generator (this module, ``common.data.anatomy`` and
+    ``common.data.volume_demo``).
 
     ``marker`` records ``want`` (what identifies the generation) and the folders it claims; nothing
     happens when it says complete for ``want``. Otherwise ``generate(tmp)`` writes the dataset into a
-    temporary folder inside the marker's folder, its folders are renamed into place, and the marker
-    says complete (plus ``details()``) only after that. Folders the marker lists are replaced; a folder
-    it does not list was not generated here and is never touched: ``FileExistsError`` naming
-    ``generator`` (and ``hint``). The dataset's lock file serialises concurrent calls of either generator.
+    temporary folder inside the marker's folder, laid out as under ``root``, its folders are renamed
+    into place, and the marker says complete (plus ``details()``) only after that. Folders the marker
+    lists are replaced; a folder it does not list was not generated here and is never touched:
+    ``FileExistsError`` naming ``generator`` (and ``hint``). The dataset's lock file serialises
+    concurrent calls of every generator.
+
+    ``targets`` (split -> folder under ``root``) and ``counts`` (split -> cases, for the marker) default
+    to the 2020 layout (:func:`dataset_folders`) and :func:`case_numbers`; a generator of another
+    layout (the 2021 release's) passes its own.
     """
     root = Path(root)
-    targets = dataset_folders(spec, root)
+    if targets is None:
+        targets = dataset_folders(spec, root)
     if _is_complete(_read_marker(marker), want, targets):
         return root
     rels = [folder.relative_to(root).as_posix() for folder in targets.values()]
@@ -1124,17 +1133,18 @@ def generate_into_place(
         try:
             t0 = time.perf_counter()
             generate(tmp)
-            for split, folder in targets.items():
+            for folder, rel in zip(targets.values(), rels, strict=True):
                 folder.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(dataset_folders(spec, tmp)[split], folder)
-            numbers = case_numbers(spec)
+                os.rename(tmp / rel, folder)
+            if counts is None:
+                counts = {split: len(numbers) for split, numbers in case_numbers(spec).items()}
             _write_json(
                 marker,
                 {
                     **want,
                     "complete": True,
                     "folders": rels,
-                    "counts": {split: len(numbers[split]) for split in SPLITS},
+                    "counts": dict(counts),
                     **(details() if details is not None else {}),
                     "seconds": round(time.perf_counter() - t0, 2),
                 },
@@ -1150,10 +1160,14 @@ def generate_into_place(
 
 
 def project_specs() -> dict[str, DatasetSpec]:
-    """The four datasets' descriptions (:mod:`common.datasets`), by name."""
+    """The four 2D datasets' descriptions (:mod:`common.datasets`), by name: what this module draws.
+
+    The registry also holds the 2021 release's volume sets (``spec.slice_axis`` set); their demo is
+    :mod:`common.data.volume_demo`, in another layout, so they are left out here.
+    """
     from common.datasets import DATASETS
 
-    return {name: entry.spec for name, entry in DATASETS.items()}
+    return {name: entry.spec for name, entry in DATASETS.items() if entry.spec.slice_axis is None}
 
 
 def ensure_demo_data(root: Path, seed: int, extra: DatasetSpec | None = None) -> Path:
