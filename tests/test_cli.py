@@ -68,6 +68,20 @@ def test_help_shows_defaults():
     text = " ".join(result.stdout.split())
     assert f"(default: {Prostate.STUDY.epochs}; study: {Prostate.STUDY.epochs}; demo: {Prostate.DEMO.epochs})" in text
     assert "--ct-window" not in text  # MRI
+    assert "--slice-margin" not in text  # 2D images
+
+
+def test_the_volume_scripts_offer_a_slice_margin_and_their_demo_root_is_the_2021_one():
+    from common.datasets import PANCREAS
+
+    parser = build_parser(PANCREAS.spec, PANCREAS.study, PANCREAS.demo, 1)
+    help_text = " ".join(parser.format_help().split())
+    assert "--slice-margin N|all" in help_text and "--ct-window" in help_text
+    assert "held-out training volumes (trained as slices" in help_text
+    args = parser.parse_args(["--demo", "--slice-margin", "all"])
+    args.seed = 3
+    assert resolve_data_root(args, PANCREAS.spec) == Path("demo_data/2021-seed3")
+    assert resolve_settings(args, PANCREAS.study, PANCREAS.demo, PANCREAS.spec).slice_margin is None
 
 
 def parse(*argv):

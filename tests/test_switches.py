@@ -62,6 +62,9 @@ SMALL = Settings(input_size=32, depth=3, base_filters=4, dropout_rate=0.3, epoch
         ("latent-dim", "2", 2),
         ("kl_weight", "0.5", 0.5),
         ("samples", "4", 4),
+        ("slice_margin", "0", 0),
+        ("slice-margin", "12", 12),
+        ("slice_margin", "all", None),
     ],
 )
 def test_parse_value(name, text, value):
@@ -86,6 +89,8 @@ def test_parse_value(name, text, value):
         ("latent_dim", "0", "latent_dim: expected an integer >= 1, got 0"),
         ("kl_weight", "-1", "kl_weight: expected a number >= 0"),
         ("samples", "0", "samples: expected an integer >= 1, got 0"),
+        ("slice_margin", "-1", "slice_margin: expected an integer >= 0, got -1"),
+        ("slice_margin", "some", "slice_margin: expected an integer >= 0, got 'some'"),
     ],
 )
 def test_parse_value_refuses(name, text, message):
