@@ -44,7 +44,7 @@ class CheckedData:
         return (
             f"data check: read {self.files} file(s) of {len(self.loaded) + len(self.test_images)} case(s) "
             f"in {self.seconds:.1f} s, no problem found"
-            + (f" ({len(self.warnings)} warning(s), above)" if self.warnings else "")
+            + (f" ({len(self.warnings)} warning(s) or note(s), above)" if self.warnings else "")
         )
 
 
@@ -128,6 +128,8 @@ def check_run_data(
                 test_images[case.case_id] = load_image(case.image_path, layout_of(spec))
             except DataError as error:
                 problems.append(str(error))
+    if spec.volumetric:
+        _note_empty_raters(loaded, task, found, echo)
     for case in roles.get("held_out", []):
         if not case.experts_for(task):
             problems.append(
@@ -177,6 +179,28 @@ def _warn_unmarked(loaded: LoadedCase, roles: set[str], task: int, found: list[s
         found.append(message)
         if echo is not None:
             echo(message)
+
+
+def _note_empty_raters(loaded: dict[str, LoadedCase], task: int, found: list[str], echo) -> None:
+    """Say, per expert, in which volumes that expert marked nothing while another did (the lesion set's
+    quirk: a rater who saw no lesion). Not a problem: the empty mask is that expert's answer, and the
+    consensus there is at most (n - 1) / n; but a user should know the ground truth is built so."""
+    for expert in sorted({e for case in loaded.values() for e in case.masks}):
+        empty = [
+            case.case_id
+            for case in loaded.values()
+            if expert in case.masks and not case.masks[expert].any() and any(mask.any() for mask in case.masks.values())
+        ]
+        if empty:
+            total = sum(expert in case.masks for case in loaded.values())
+            shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+            message = (
+                f"note: expert {expert} marked nothing of task {task} in {len(empty)} of {total} volumes where "
+                f"another did ({shown}); the consensus there is at most (n - 1) / n"
+            )
+            found.append(message)
+            if echo is not None:
+                echo(message)
 
 
 def _annotates(case: Case, task: int, expert: int | None) -> bool:

@@ -271,3 +271,20 @@ def test_a_differing_affine_is_warned_and_an_unmarked_volume_too(tmp_path):
 def test_layout_of_the_datasets():
     assert layout_of(PANCREAS.spec) == Volume(0, (512, 512)) and layout_of(KIDNEY.spec) == Planar(1)
     assert layout_of(PANCREAS.spec).describe() == "volumes (slices x 512 x 512)"
+
+
+def test_a_rater_who_marked_nothing_in_a_volume_is_noted_once_per_rater(tmp_path):
+    spec = dataclasses.replace(PANCREAS.spec, image_shape=(8, 8))
+    base = tmp_path / "training_data_v3_QC" / "pancreas"
+    mask = np.zeros((5, 8, 8), np.uint8)
+    mask[2, 2:4, 2:4] = 1
+    for case in ("case1-1", "case2-1", "case3-1"):
+        _write(base / case, "image", np.zeros((5, 8, 8), np.int16))
+        _write(base / case, "task01_seg01", mask)
+        _write(base / case, "task01_seg02", mask if case == "case2-1" else np.zeros_like(mask))
+    cases = discover_cases(tmp_path, "pancreas", "train")
+    checked = check_run_data(spec, 1, {"train": cases[:2], "held_out": cases[2:]}, {"seg01": [1], "seg02": [2]})
+    assert checked.warnings == [
+        "note: expert 2 marked nothing of task 1 in 2 of 3 volumes where another did (case1-1, case3-1); the "
+        "consensus there is at most (n - 1) / n"
+    ]
