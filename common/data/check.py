@@ -40,6 +40,14 @@ class CheckedData:
     seconds: float = 0.0
     files: int = 0
 
+    def release(self, case_ids: list[str], test_arrays: bool = True) -> None:
+        """Forget the arrays of ``case_ids`` (and of the test images, whose headers are kept): once a run has
+        prepared them on the network's grid it never reads them again, and a volume set's are gigabytes."""
+        for case_id in case_ids:
+            self.loaded.pop(case_id, None)
+        if test_arrays:
+            self.test_images = {case_id: (None, nifti) for case_id, (_, nifti) in self.test_images.items()}
+
     def summary(self) -> str:
         return (
             f"data check: read {self.files} file(s) of {len(self.loaded) + len(self.test_images)} case(s) "

@@ -92,6 +92,8 @@ def execute(
     learner = strategy(plan.settings.strategy)
     training.seed_everything(plan.seed, plan.config.get("deterministic", False))
     cases = prepared_cases(plan)
+    # prepared: their arrays are not read again (the gather needs the held-out masks and the others' headers)
+    plan.checked.release(plan.roles["train"])
     predicted = cases["predicted"]
     images = np.concatenate([input_slices(c) for c in predicted])
     checkpoint_seconds = (

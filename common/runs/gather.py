@@ -209,15 +209,17 @@ def gather(run_dir: Path, config: dict, sources: Sources, runlog: RunLog, plots:
             f"network(s) in {run_dir} (no network was run)"
         )
     layout = layout_of(spec)
-    maps = read_maps(run_dir, spec.name, task, settings, networks, predicted, set(held_out), layout)
     root = Path(run_dir) / PREDICTIONS_FOLDER
-    for case_id in predicted:
+
+    def write_ensemble(case_id: str, mean: np.ndarray, read: set[Path]) -> None:
         path = prediction_path(root, spec.name, case_id, task)
-        if path not in maps.read:  # a consensus network's map is the ensemble's map itself
+        if path not in read:  # a consensus network's map is the ensemble's map itself
             try:
-                write_prediction(path, maps.ensemble[case_id], sources.references[case_id], layout)
+                write_prediction(path, mean, sources.references[case_id], layout)
             except ValueError as error:
                 raise DataError(str(error)) from error
+
+    maps = read_maps(run_dir, spec.name, task, settings, networks, predicted, set(held_out), layout, write_ensemble)
     trained = {}
     for network in networks:
         folder = Path(run_dir) / network_folder(network)
@@ -281,28 +283,36 @@ def read_maps(
     predicted: list[str],
     held_out: set[str],
     layout: CaseLayout | None = None,
+    write: Callable[[str, np.ndarray, set[Path]], None] | None = None,
 ) -> GatheredMaps:
     """Every network's saved outputs of every predicted case (in ``layout``: 2D maps by default), turned
     into maps by the run's strategy (:meth:`~common.strategies.Strategy.member_maps`, ``rule_maps``,
-    ``samples``) and averaged."""
+    ``samples``) and averaged.
+
+    One case at a time: its ensemble map is handed to ``write`` (with the files read) and kept only for a
+    held-out case, so that a run predicting many volumes holds one case's sums at a time, not every case's.
+    """
     from common.strategies import strategy
 
     learner = strategy(settings.strategy)
-    averager, rules = MapAverager(), {}
+    ensemble: dict[str, np.ndarray] = {}
+    rules: dict[str, MapAverager] = {}
     members: dict[str, dict[str, np.ndarray]] = {}
     samples: dict[str, list[np.ndarray]] = {c: [] for c in predicted if c in held_out}
     read: set[Path] = set()
     sample_names = [name for network in networks for name in learner.sample_names(network)]
-    for network in networks:
-        paths = output_map_paths(run_dir, dataset, task, network, predicted)
-        names = learner.member_names(network)
-        if learner.members_are_experts:
-            members.update({name: {} for name in names})
-        for index, case_id in enumerate(predicted):
-            outputs = [read_prediction(p[index], layout) for p in paths]
-            read.update(p[index] for p in paths)
+    paths = {network.name: output_map_paths(run_dir, dataset, task, network, predicted) for network in networks}
+    if learner.members_are_experts:
+        members.update({name: {} for network in networks for name in learner.member_names(network)})
+    for index, case_id in enumerate(predicted):
+        averager, files = MapAverager(), set()
+        for network in networks:
+            outputs = [read_prediction(p[index], layout) for p in paths[network.name]]
+            files.update(p[index] for p in paths[network.name])
             try:
-                for name, probability in zip(names, learner.member_maps(network, outputs), strict=True):
+                for name, probability in zip(
+                    learner.member_names(network), learner.member_maps(network, outputs), strict=True
+                ):
                     averager.add(case_id, probability)
                     if learner.members_are_experts and case_id in held_out:
                         members[name][case_id] = probability
@@ -312,9 +322,13 @@ def read_maps(
                     samples[case_id].extend(learner.samples(network, outputs))
             except ValueError as error:
                 raise DataError(f"{run_dir}: {network.name}'s map of {error}") from error
-    return GatheredMaps(
-        averager.mean(), members, samples, sample_names, {rule: a.mean() for rule, a in rules.items()}, read
-    )
+        mean = averager.mean()[case_id]
+        read |= files
+        if write is not None:
+            write(case_id, mean, files)
+        if case_id in held_out:
+            ensemble[case_id] = mean
+    return GatheredMaps(ensemble, members, samples, sample_names, {rule: a.mean() for rule, a in rules.items()}, read)
 
 
 def uncertainty_metrics(

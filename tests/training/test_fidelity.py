@@ -15,6 +15,8 @@ import pytest
 import Brain_Growth
 import Brain_Tumor
 import Kidney
+import Pancreas
+import Pancreatic_Lesion
 import Prostate
 from common.switches import preset
 from common.training.trainer import build_model
@@ -103,7 +105,7 @@ def test_keras_default_initialisers(study_networks):
                 assert type(layer.cell.recurrent_initializer).__name__ == "Orthogonal", layer.name
 
 
-@pytest.mark.parametrize("script", [Brain_Growth, Brain_Tumor, Kidney, Prostate])
+@pytest.mark.parametrize("script", [Brain_Growth, Brain_Tumor, Kidney, Prostate, Pancreas, Pancreatic_Lesion])
 def test_study_procedure(script):
     """Last epoch kept, no early stopping, crop-or-pad, augmented validation, unsmoothed Dice, Adam 1e-4, batch 1."""
     study = preset("study", script.STUDY, script.DEMO)
@@ -111,6 +113,17 @@ def test_study_procedure(script):
     assert (study.dice_smooth, study.loss, study.learning_rate, study.batch_size) == (0.0, "dice", 1e-4, 1)
     assert (study.initializer, study.convlstm_backwards, study.depth, study.base_filters) == ("glorot", True, 5, 16)
     assert (study.rotation, study.shift) == (10.0, 0.1)
+
+
+@pytest.mark.parametrize("script", [Pancreas, Pancreatic_Lesion])
+def test_the_volume_sets_study_preset_is_the_kidney_network_on_512_px_slices(script):
+    """This project's reading for the sets the study never trained (docs/fidelity.md)."""
+    study, kidney = script.STUDY, Kidney.STUDY
+    same = ("input_size", "depth", "base_filters", "convlstm", "dropout", "dropout_rate", "batch_size", "learning_rate")
+    assert {k: getattr(study, k) for k in same} == {k: getattr(kidney, k) for k in same}
+    assert (study.flip, study.ct_window, study.slice_margin) == (False, (-100.0, 240.0), 5)
+    assert study.epochs == {"pancreas": 10, "pancreatic-lesion": 20}[script.DATASET.name]
+    assert script.DATASET.slice_axis == 0 and script.DATASET.n_validation is None
 
 
 def test_run_folders_written_before_the_studys_procedure_keep_theirs():
