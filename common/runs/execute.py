@@ -131,6 +131,7 @@ def execute(
                 available=(train_available, validation_available) if learner.masked else None,
                 distribute=options.distribute,
             )
+            del train_arrays, validation_arrays  # not held while the next network's are built
             mark_network_complete(folder, result.to_dict())
             resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
             runlog(
