@@ -107,8 +107,13 @@ def score_cases(predictions: dict[str, np.ndarray], masks: dict[str, np.ndarray]
         raise ValueError(f"predictions and masks cover different cases (missing: {missing}, unexpected: {extra})")
     if not masks:
         raise ValueError("no case to score")
-    case_ids = list(masks)
-    matrix = np.stack([threshold_dice(predictions[c], masks[c]) for c in case_ids])
+    return _summary({c: threshold_dice(predictions[c], masks[c]) for c in masks})
+
+
+def _summary(rows: dict[str, np.ndarray]) -> dict:
+    """The cases x thresholds Dice matrix of ``rows`` (case -> 9 values) with its means."""
+    case_ids = list(rows)
+    matrix = np.stack([rows[c] for c in case_ids])
     return {
         "cases": case_ids,
         "thresholds": list(THRESHOLDS),
@@ -149,13 +154,4 @@ def score_slices(predictions: dict[str, np.ndarray], masks: dict[str, np.ndarray
         raise ValueError("predictions and masks cover different cases")
     if not masks:
         raise ValueError("no case to score")
-    case_ids = list(masks)
-    matrix = np.stack([slice_threshold_dice(predictions[c], masks[c]) for c in case_ids])
-    return {
-        "cases": case_ids,
-        "thresholds": list(THRESHOLDS),
-        "dice": matrix.tolist(),
-        "per_case": dict(zip(case_ids, matrix.mean(axis=1).tolist(), strict=True)),
-        "per_threshold": matrix.mean(axis=0).tolist(),
-        "score": float(matrix.mean()),
-    }
+    return _summary({c: slice_threshold_dice(predictions[c], masks[c]) for c in masks})
