@@ -22,7 +22,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from common.data.cases import Case, DataError, DataWarning, LoadedCase, load_case, load_image, mask_shape_problem
+from common.data.cases import (
+    Case,
+    DataError,
+    DataWarning,
+    LoadedCase,
+    load_case,
+    load_image,
+    mask_shape_problem,
+    natural_key,
+)
 from common.data.layout import layout_of
 from common.spec import DatasetSpec
 
@@ -196,7 +205,7 @@ def _note_empty_raters(loaded: dict[str, LoadedCase], task: int, found: list[str
     for expert in sorted({e for case in loaded.values() for e in case.masks}):
         empty = [
             case.case_id
-            for case in loaded.values()
+            for case in sorted(loaded.values(), key=lambda c: natural_key(c.case_id))
             if expert in case.masks and not case.masks[expert].any() and any(mask.any() for mask in case.masks.values())
         ]
         if empty:
