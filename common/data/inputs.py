@@ -30,6 +30,7 @@ from pathlib import Path
 import nibabel as nib
 
 from common.data.cases import IMAGE_NAME, DataError, cases_in_folder, natural_key
+from common.data.layout import Planar
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -111,29 +112,11 @@ def find_inputs(path: Path, task: int) -> tuple[list[InputImage], list[str]]:
 def image_grid(shape: tuple[int, ...], channels: int) -> tuple[int, int] | str:
     """The ``(rows, cols)`` of an image of array ``shape`` for a run of ``channels``, or why it does not fit.
 
-    The channel rule of the module's docstring, on the header's shape alone (nothing is read).
+    The channel rule of the module's docstring, on the header's shape alone (nothing is read); the rule
+    itself is the 2D layout's (:class:`common.data.layout.Planar`), which the data reader applies too.
     """
-    dims = list(shape)
-    while len(dims) > 2 and dims[-1] == 1:
-        dims.pop()
-    shown = " x ".join(map(str, shape))
-    expected = "rows x cols" + (f" x {channels} channels" if channels > 1 else " (one channel)")
-    if len(dims) < 2:
-        return f"array of shape {shown} is not an image; the run takes {expected}"
-    if len(dims) == 2:
-        if channels == 1:
-            return dims[0], dims[1]
-        return f"a 2D image of one channel ({shown}); the run was trained on {expected}"
-    if len(dims) == 3:
-        if dims[2] == channels:
-            return dims[0], dims[1]
-        if channels == 1:
-            return (
-                f"a 3D array ({shown}): a volume of {dims[2]} slices, or an image of {dims[2]} channels; the run "
-                f"takes 2D images of one channel ({expected})"
-            )
-        return f"{dims[2]} values per pixel in the last axis ({shown}); the run was trained on {expected}"
-    return f"a {len(dims)}-dimensional array ({shown}), not a 2D image; the run takes {expected}"
+    layout = Planar(channels)
+    return layout.shape_problem(shape) or layout.in_plane(shape)
 
 
 def read_header(path: Path) -> nib.Nifti1Image:

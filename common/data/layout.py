@@ -55,6 +55,10 @@ class CaseLayout:
         """The ``(rows, cols)`` of each slice of an image of stored ``shape`` (checked by :meth:`shape_problem`)."""
         raise NotImplementedError
 
+    def depth(self, shape: tuple[int, ...]) -> int:
+        """The slices of an image of stored ``shape`` (checked by :meth:`shape_problem`): 1 for a 2D image."""
+        raise NotImplementedError
+
     def image(self, array: np.ndarray, path: Path) -> np.ndarray:
         """A stored image array in canonical form, float32; a misfit is refused naming ``path``."""
         raise NotImplementedError
@@ -91,27 +95,34 @@ class Planar(CaseLayout):
     channels: int = 1
 
     def shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """The channel rule (:mod:`common.data.inputs` states it): trailing axes of length 1 are dropped, never
+        below two; then ``rows x cols`` is one channel and ``rows x cols x K`` holds ``K`` channels exactly when
+        ``K`` is the layout's; anything else is refused with both readings."""
         dims = _squeezed(tuple(shape), 2)
-        expected = self.describe()
+        shown = _shown(shape)
+        expected = "rows x cols" + (f" x {self.channels} channels" if self.channels > 1 else " (one channel)")
         if len(dims) < 2:
-            return f"array of shape {_shown(shape)} is not an image; expected {expected}"
+            return f"array of shape {shown} is not an image; the run takes {expected}"
         if len(dims) == 2:
             if self.channels == 1:
                 return None
-            return f"a 2D image of one channel ({_shown(shape)}); expected {expected}"
+            return f"a 2D image of one channel ({shown}); the run was trained on {expected}"
         if len(dims) == 3:
             if dims[2] == self.channels:
                 return None
             if self.channels == 1:
                 return (
-                    f"a 3D array ({_shown(shape)}): a volume of slices, or an image of {dims[2]} channels; expected "
-                    f"{expected}"
+                    f"a 3D array ({shown}): a volume of {dims[2]} slices, or an image of {dims[2]} channels; the run "
+                    f"takes 2D images of one channel ({expected})"
                 )
-            return f"{dims[2]} values per pixel in the last axis ({_shown(shape)}); expected {expected}"
-        return f"a {len(dims)}-dimensional array ({_shown(shape)}), not a 2D image; expected {expected}"
+            return f"{dims[2]} values per pixel in the last axis ({shown}); the run was trained on {expected}"
+        return f"a {len(dims)}-dimensional array ({shown}), not a 2D image; the run takes {expected}"
 
     def in_plane(self, shape: tuple[int, ...]) -> tuple[int, int]:
         return int(shape[0]), int(shape[1])
+
+    def depth(self, shape: tuple[int, ...]) -> int:
+        return 1
 
     def _fit(self, array: np.ndarray, path: Path) -> np.ndarray:
         problem = self.shape_problem(array.shape)
@@ -186,6 +197,9 @@ class Volume(CaseLayout):
 
     def in_plane(self, shape: tuple[int, ...]) -> tuple[int, int]:
         return tuple(self.in_plane_shape)
+
+    def depth(self, shape: tuple[int, ...]) -> int:
+        return int(shape[self.slice_axis])
 
     def _fit(self, array: np.ndarray, path: Path) -> np.ndarray:
         problem = self.shape_problem(array.shape)

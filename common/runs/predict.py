@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.cases import DataError, load_image
-from common.data.inputs import InputImage, find_inputs, image_grid, read_header
+from common.data.inputs import InputImage, find_inputs, read_header
 from common.data.layout import layout_of
 from common.data.preprocessing import Geometry, from_input, normalise_image, to_input
 from common.evaluation.ensemble import MapAverager, binary_entropy_bits
@@ -169,24 +169,18 @@ def check_headers(run: TrainedRun, inputs: list[InputImage]) -> tuple[list[str],
     input's slice count (1 for a 2D image). A run on volumes takes volumes (:mod:`common.data.layout`), one on
     2D images takes 2D images (the channel rule of :mod:`common.data.inputs`); the other kind is refused."""
     problems, notes, slices = [], [], {}
-    channels, settings = run.spec.channels, run.settings
-    layout = layout_of(run.spec)
+    settings, layout = run.settings, layout_of(run.spec)
     for item in inputs:
         try:
             shape = tuple(int(d) for d in read_header(item.path).shape)
         except DataError as error:
             problems.append(str(error))
             continue
-        if layout.volumetric:
-            problem = layout.shape_problem(shape)
-            grid = f"{problem} (the run was trained on {run.spec.name})" if problem else layout.in_plane(shape)
-            slices[item.name] = shape[layout.slice_axis] if problem is None else 0
-        else:
-            grid = image_grid(shape, channels)
-            slices[item.name] = 1
-        if isinstance(grid, str):
-            problems.append(f"{item.path}: {grid}")
+        problem = layout.shape_problem(shape)
+        if problem is not None:
+            problems.append(f"{item.path}: {problem}")
             continue
+        grid, slices[item.name] = layout.in_plane(shape), layout.depth(shape)
         geometry = Geometry.fit(grid, settings.input_size, settings.fit)
         if geometry.crops:
             kept = geometry.extent or geometry.resized

@@ -45,7 +45,7 @@ def test_the_volume_layout_tells_a_volume_and_its_slice_axis_by_shape(shape, exp
 
 def test_a_2d_layout_refuses_a_volume_naming_both_readings():
     problem = Planar(1).shape_problem((40, 512, 512))
-    assert "a 3D array (40 x 512 x 512): a volume of slices, or an image of 512 channels" in problem
+    assert "a 3D array (40 x 512 x 512): a volume of 512 slices, or an image of 512 channels" in problem
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -243,7 +243,7 @@ def test_a_volume_for_a_2d_dataset_is_refused_naming_the_file(tmp_path):
     base = tmp_path / "training_data_v2" / "kidney" / "case01"
     _write(base, "image", np.zeros((5, 497, 497), np.int16))
     (case,) = discover_cases(tmp_path, "kidney", "train")
-    with pytest.raises(DataError, match="case01/image.nii.gz: a 3D array \\(5 x 497 x 497\\): a volume of slices"):
+    with pytest.raises(DataError, match="case01/image.nii.gz: a 3D array \\(5 x 497 x 497\\): a volume of 497 slices"):
         load_case(case, KIDNEY.spec, 1)
 
 
