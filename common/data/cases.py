@@ -502,7 +502,12 @@ def load_mask(path: Path, layout: CaseLayout | int = 1) -> np.ndarray:
     on-value (e.g. 0/255) is accepted with a warning naming the file; three or more values (a label map,
     a soft or resampled mask) are refused, since no threshold is obviously right for them.
     """
-    array, _ = read_nifti(path)
+    return _read_mask(path, layout)[0]
+
+
+def _read_mask(path: Path, layout: CaseLayout | int) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """:func:`load_mask`'s mask and the file's NIfTI object (its affine, for :func:`check_affine`)."""
+    array, nifti = read_nifti(path)
     array = _layout(layout).mask(array, path)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: mask has NaN or infinite voxels")
@@ -515,9 +520,9 @@ def load_mask(path: Path, layout: CaseLayout | int = 1) -> np.ndarray:
         warnings.warn(
             f"{path}: mask on-value is {nonzero[0]:g}, not 1; treating every nonzero voxel as foreground",
             MaskValueWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return array != 0
+    return array != 0, nifti
 
 
 #: Affines of an image and its mask that differ by more than this (in mm, or in the direction cosines)
@@ -525,18 +530,15 @@ def load_mask(path: Path, layout: CaseLayout | int = 1) -> np.ndarray:
 AFFINE_TOLERANCE = 1e-3
 
 
-def check_affine(mask_path: Path, image_path: Path, image: nib.Nifti1Image) -> None:
-    """Warn when a mask's affine differs from its image's (header read, no data).
+def check_affine(mask_path: Path, mask: nib.Nifti1Image, image_path: Path, image: nib.Nifti1Image) -> None:
+    """Warn when a mask's affine differs from its image's (both NIfTI objects as read).
 
     Warned, not refused: cases are paired voxel by voxel (same shape, same index), which a header that
     another tool wrote differently does not change, and the maps are written with the image's affine;
     refusing would make a release unusable for a header quirk. The warning names both files, so that a
     mask really drawn on another grid is found.
     """
-    try:
-        affine = nib.load(str(mask_path)).affine
-    except Exception:  # noqa: BLE001 - the data read reports an unreadable file
-        return
+    affine = mask.affine
     if affine is None or image.affine is None:
         return
     difference = float(np.abs(np.asarray(affine) - np.asarray(image.affine)).max())
@@ -599,9 +601,9 @@ def load_case(case: Case, spec: DatasetSpec, task: int, experts: list[int] | Non
         if experts is not None and expert not in experts:
             continue
         path = case.masks[(task, expert)]
-        mask = load_mask(path, layout)
+        mask, mask_nifti = _read_mask(path, layout)
         if mask.shape != image.shape[:-1]:
             raise DataError(mask_shape_problem(path, mask.shape, image.shape[:-1], case.image_path))
-        check_affine(path, case.image_path, nifti)
+        check_affine(path, mask_nifti, case.image_path, nifti)
         masks[expert] = mask
     return LoadedCase(case=case, image=image, masks=masks, nifti=nifti)
