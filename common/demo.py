@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -971,10 +971,8 @@ def generate_dataset(spec: DatasetSpec, root: Path, seed: int) -> Path:
         if folder.exists():
             raise FileExistsError(f"{folder} already exists; generate_dataset does not overwrite data")
     z, plan = case_plan(spec, seed)
-    # compression (zlib releases the GIL) overlaps with drawing the next case; at most two cases
-    # are held in memory
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        previous: list[Future] = []
+
+    def cases():
         for split, numbers in case_numbers(spec).items():
             base = split_folder(spec, root, split)
             base.mkdir(parents=True, exist_ok=True)
@@ -982,17 +980,31 @@ def generate_dataset(spec: DatasetSpec, root: Path, seed: int) -> Path:
                 image, masks = generate_case(spec, seed, number, z, plan[number])
                 folder = base / case_folder_name(number)
                 folder.mkdir()
-                current = [pool.submit(save_nifti, image, folder / "image.nii.gz")]
+                saves = [(save_nifti, (image, folder / "image.nii.gz"))]
                 if split != "test":
                     for t, per_expert in masks.items():
-                        for e, m in per_expert.items():
-                            current.append(pool.submit(save_nifti, m, folder / mask_file_name(t, e)))
-                for future in previous:
-                    future.result()
-                previous = current
+                        saves += [(save_nifti, (m, folder / mask_file_name(t, e))) for e, m in per_expert.items()]
+                yield saves
+
+    write_pipelined(cases())
+    return split_folder(spec, root, "train")
+
+
+def write_pipelined(cases: Iterable[list[tuple[Callable, tuple]]]) -> None:
+    """Run each case's saves (``(function, arguments)``) on one writer thread while the next case is drawn.
+
+    ``cases`` is drawn lazily (a generator): compression (zlib releases the GIL) overlaps with drawing the
+    next case, and at most two cases are held in memory. Both demo generators write through this.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        previous: list[Future] = []
+        for saves in cases:
+            current = [pool.submit(save, *arguments) for save, arguments in saves]
+            for future in previous:
+                future.result()
+            previous = current
         for future in previous:
             future.result()
-    return split_folder(spec, root, "train")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,7 +59,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 if __name__ == "__main__":  # the command line: small matrix products; idle BLAS threads only spin
@@ -68,7 +67,15 @@ if __name__ == "__main__":  # the command line: small matrix products; idle BLAS
 import nibabel as nib
 import numpy as np
 
-from common.demo import MARKER_DIR, _basis, _rng, expert_biases, generate_into_place, mask_file_name
+from common.demo import (
+    MARKER_DIR,
+    _basis,
+    _rng,
+    expert_biases,
+    generate_into_place,
+    mask_file_name,
+    write_pipelined,
+)
 from common.spec import RELEASES, SPLIT_LEVELS, SPLITS, ConfigError, DatasetSpec
 
 #: Bump when a change makes the generated data differ; a marker of another version is regenerated.
@@ -657,9 +664,8 @@ def generate_volume_dataset(spec: DatasetSpec, root: Path, seed: int, counts: Ma
         if folder.exists():
             raise FileExistsError(f"{folder} already exists; generate_volume_dataset does not overwrite data")
     plan = volume_plan(spec, seed, demo_counts(spec, counts))
-    # compression (zlib releases the GIL) overlaps with drawing the next volume; at most two are held
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        previous: list[Future] = []
+
+    def volumes():
         for split in SPLITS:
             base = volume_split_folder(spec, root, split)
             base.mkdir(parents=True, exist_ok=True)
@@ -667,15 +673,12 @@ def generate_volume_dataset(spec: DatasetSpec, root: Path, seed: int, counts: Ma
                 image, masks, affine = generate_volume(spec, seed, n, m, plan)
                 folder = base / case_id(n, m)
                 folder.mkdir()
-                current = [pool.submit(save_volume, image, affine, folder / "image.nii.gz")]
+                saves = [(save_volume, (image, affine, folder / "image.nii.gz"))]
                 if split != "test":  # the release's test volumes come without masks
-                    for e, mask in masks.items():
-                        current.append(pool.submit(save_volume, mask, affine, folder / mask_file_name(1, e)))
-                for future in previous:
-                    future.result()
-                previous = current
-        for future in previous:
-            future.result()
+                    saves += [(save_volume, (mask, affine, folder / mask_file_name(1, e))) for e, mask in masks.items()]
+                yield saves
+
+    write_pipelined(volumes())  # compression overlaps with drawing the next volume
     return volume_split_folder(spec, root, "train")
 
 
