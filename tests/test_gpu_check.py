@@ -1,5 +1,6 @@
 """The prepared GPU check's dry run: every figure it takes on a GPU, at tiny sizes, on this CPU."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,19 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.backend  # the check runs on JAX or PyTorch on the GPU machine: the dry run on every backend
 def test_gpu_check_dry_run(demo_root, tmp_path):
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
-        "GPU_CHECK_ARGS": f"--data-root {demo_root}",
-    }
+    # Without KERAS_BACKEND the script picks the first installed backend (on the default install:
+    # TensorFlow, not the GPU machine's JAX, which is not installed there).
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": f"--data-root {demo_root}"}
+    expected = env.get("KERAS_BACKEND") or next(b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b))
     done = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert out["dry_run"] and out["backend"] == env["KERAS_BACKEND"]
+    assert out["dry_run"] and out["backend"] == expected
     assert [p["dtype"] for p in out["peak"]] == ["float32", "float16"] and all(p["tflops"] > 0 for p in out["peak"])
     ways = {c["way"]: c for c in out["configs"]}
     assert set(ways) == {"study", "tuned"} and not out["skipped"]
