@@ -51,10 +51,16 @@ def int_at_least(minimum: int):
     return parse
 
 
-def build_parser(spec: DatasetSpec, study: Settings, demo: Settings, task: int) -> argparse.ArgumentParser:
-    """The dataset script's options in four groups (data, run, jobs, settings), each default stated once."""
+def build_parser(
+    spec: DatasetSpec, study: Settings, demo: Settings, task: int, prog: str | None = None
+) -> argparse.ArgumentParser:
+    """The dataset script's options in four groups (data, run, jobs, settings), each default stated once.
+
+    ``prog`` names the command in the usage line and the messages (default: the running script's file name).
+    The help texts depend only on the dataset, never on the environment or the machine.
+    """
     parser = argparse.ArgumentParser(
-        prog=Path(sys.argv[0]).name,
+        prog=prog or Path(sys.argv[0]).name,
         description=f"{spec.title} (QUBIQ '{spec.name}'): one U-Net per expert, their ensemble, and the QUBIQ "
         f"threshold-Dice table on {spec.n_held_out} held-out training "
         + ("volumes (trained as slices; maps and scores of whole volumes)." if spec.volumetric else "cases."),
@@ -72,9 +78,8 @@ def add_data_options(group, spec: DatasetSpec, task: int) -> None:
         "--task",
         type=int,
         default=None,
-        help=f"task to run ({', '.join(map(str, spec.valid_tasks))}); overrides the script's 'task = {task}'",
+        help=f"task to run: {_or_list(spec.valid_tasks)} (default: the script's 'task = {task}')",
     )
-    env_root = os.environ.get("QUBIQ_DATA")
     group.add_argument(
         "--data-root",
         type=Path,
@@ -82,8 +87,7 @@ def add_data_options(group, spec: DatasetSpec, task: int) -> None:
         metavar="ROOT",
         help=f"folder holding the QUBIQ release as unpacked: 2020 (training_data_v2/, validation_data_v2/, test/) "
         f"or 2021 (training_data_v3_QC/, validation_data_qubiq2021_QC/, QUBIQ21_test/) "
-        f"(default: $QUBIQ_DATA{' = ' + env_root if env_root else ''}, else ./{DEFAULT_DATA_ROOT}; "
-        f"with --demo: ./{DEFAULT_DEMO_ROOT}/seed<SEED>)",
+        f"(default: $QUBIQ_DATA, else ./{DEFAULT_DATA_ROOT}; with --demo: {demo_roots(spec)})",
     )
     group.add_argument(
         "--release",
@@ -98,14 +102,15 @@ def add_data_options(group, spec: DatasetSpec, task: int) -> None:
         const="synthetic",
         default=None,
         choices=kinds,
-        help="generate (once) demo data in the QUBIQ layout and use CPU-sized defaults: "
-        + "; ".join(f"{kind}: {DEMO_KINDS[kind]}" for kind in kinds)
-        + " (default: synthetic)",
+        help="generate (once) demo data in the QUBIQ layout and start from the CPU-sized 'demo' preset; "
+        + "; ".join(f"{kind}: {demo_description(spec, kind)}" for kind in kinds)
+        + ("; --demo alone: synthetic" if len(kinds) > 1 else ""),
     )
     group.add_argument(
         "--predict-test",
         action="store_true",
-        help="also predict the official test cases (no masks) into the run's predictions/ folder",
+        help="also predict the official test cases (no masks) into the run's predictions/ folder; "
+        "a single run's only: refused with --folds or --splits",
     )
 
 
@@ -133,8 +138,9 @@ def add_run_options(group, spec: DatasetSpec) -> None:
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="continue an interrupted run in RUN_DIR with its saved configuration: finished networks "
-        "are reused, an interrupted one continues from its last epoch",
+        help="continue an interrupted run (or cross-validation) in RUN_DIR with its saved configuration: "
+        "finished networks are reused, an interrupted one continues from its last checkpoint (see "
+        "--checkpoint-every), not from its last epoch",
     )
     group.add_argument(
         "--folds",
@@ -168,14 +174,20 @@ def add_run_options(group, spec: DatasetSpec) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="least time between two checkpoints of a training (best model and resume backup); "
+        help="least time between two checkpoints of a training (best model and resume backup), each taken "
+        "at the end of an epoch, so an interruption loses about this much training and an epoch at most; "
         "0: after every epoch (default: 30)",
     )
     group.add_argument(
-        "--tensorboard", action="store_true", help="write TensorBoard logs into the run folder (needs TensorFlow)"
+        "--tensorboard",
+        action="store_true",
+        help="write TensorBoard logs into the run folder (needs TensorFlow); a single run's only: refused with "
+        "--folds or --splits",
     )
     group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    group.add_argument("--quiet", action="store_true", help="no per-epoch Keras progress lines")
+    group.add_argument(
+        "--quiet", action="store_true", help="no per-epoch Keras progress lines (the run's own lines still show)"
+    )
 
 
 def add_job_options(group) -> None:
@@ -211,7 +223,12 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
         "each defaults to the preset's value: 'default' (the study's settings with early stopping), "
         "'study' (the original study exactly, for a GPU server) or 'demo' (CPU-sized, the default with --demo)",
     )
-    group.add_argument("--preset", choices=PRESETS, default=None, help="the settings to start from")
+    group.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="the settings to start from (default: 'demo' with --demo, else 'default')",
+    )
     presets = {name: preset(name, study, demo) for name in PRESETS}
     for name, entry in SWITCHES.items():
         if name == "ct_window" and spec.modality != "CT":
@@ -219,6 +236,7 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
         if name == "slice_margin" and not spec.volumetric:
             continue  # 2D images: no slices to choose
         values = "; ".join(f"{p}: {entry.show(getattr(s, entry.field))}" for p, s in presets.items())
+        values = values.replace("default: ", "default preset: ", 1)  # --demo starts from the demo preset
         bare = {"nargs": "?", "const": entry.bare} if entry.bare is not None else {}  # --mixed-precision alone: on
         group.add_argument(
             entry.option,
@@ -278,6 +296,31 @@ DEMO_KINDS = {
     "mni152": "real anatomy, brain tissue drawn by simulated experts on the MNI152 2009a template "
     "(common.data.anatomy)",
 }
+
+
+def demo_description(spec: DatasetSpec, kind: str) -> str:
+    """What ``--demo KIND`` generates for ``spec`` (the 2D sets' phantoms, the 3D sets' volumes, MNI152)."""
+    if kind == "synthetic":
+        if spec.volumetric:
+            return "synthetic CT volumes in the 2021 layout (common.data.volume_demo)"
+        return "phantoms in the QUBIQ layout (common.demo)"
+    return DEMO_KINDS[kind]
+
+
+def demo_roots(spec: DatasetSpec) -> str:
+    """Where ``--demo`` puts (and finds) ``spec``'s demo data, as :func:`resolve_data_root` chooses it."""
+    roots = [
+        (kind, resolve_data_root(argparse.Namespace(data_root=None, demo=kind, seed="<SEED>"), spec))
+        for kind in demo_kinds(spec)
+    ]
+    first = f"./{roots[0][1].as_posix()}"
+    return first + "".join(f"; --demo {kind}: ./{root.as_posix()}" for kind, root in roots[1:])
+
+
+def _or_list(values: list) -> str:
+    """``1``, ``1 or 2``, ``1, 2 or 3``."""
+    shown = [str(v) for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 def demo_kinds(spec: DatasetSpec) -> list[str]:

@@ -211,7 +211,7 @@ SWITCHES: dict[str, Switch] = {
             _int(0),
             _plain,
             "N",
-            "early stop after N epochs with no better val loss; 0 off",
+            "early stop after N epochs with no better val loss; 0: off",
         ),
         Switch(
             "strategy",
@@ -250,7 +250,7 @@ SWITCHES: dict[str, Switch] = {
             "augment the validation images like the training ones, anew each epoch",
         ),
         Switch("dice_smooth", "dice_smooth", _float(0, None), _plain, "S", "additive smoothing of the Dice loss"),
-        Switch("latent_dim", "latent_dim", _int(1), _plain, "N", "a sampling strategy's latent dimension (default 6)"),
+        Switch("latent_dim", "latent_dim", _int(1), _plain, "N", "a sampling strategy's latent dimension"),
         Switch(
             "kl_weight",
             "kl_weight",
@@ -259,7 +259,7 @@ SWITCHES: dict[str, Switch] = {
             "W",
             "weight of KL(posterior || prior) in a sampling loss",
         ),
-        Switch("samples", "samples", _int(1), _plain, "N", "samples a sampling strategy draws per case (default 16)"),
+        Switch("samples", "samples", _int(1), _plain, "N", "samples a sampling strategy draws per case"),
     )
 }
 

@@ -66,7 +66,8 @@ def test_help_shows_defaults():
     ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
-    assert f"(default: {Prostate.STUDY.epochs}; study: {Prostate.STUDY.epochs}; demo: {Prostate.DEMO.epochs})" in text
+    epochs = f"(default preset: {Prostate.STUDY.epochs}; study: {Prostate.STUDY.epochs}; demo: {Prostate.DEMO.epochs})"
+    assert epochs in text
     assert "--ct-window" not in text  # MRI
     assert "--slice-margin" not in text  # 2D images
 
