@@ -294,42 +294,80 @@ def build_parser() -> argparse.ArgumentParser:
         "with the first variant (the study's findings as experiments).",
     )
     parser.add_argument(
-        "--dataset", choices=list(DATASETS), default=None, help="the dataset (common/datasets.py); a resume reads it"
+        "--dataset",
+        choices=list(DATASETS),
+        default=None,
+        help="the dataset (common/datasets.py); needed unless --resume, which reads it",
     )
-    parser.add_argument("--task", type=int, default=None, help="task (default: the script's 'task = ...')")
+    parser.add_argument(
+        "--task", type=int, default=None, help="task to run (default: the dataset script's 'task = ...' line)"
+    )
     parser.add_argument(
         "--vary",
         action="append",
         default=[],
         metavar="NAME=V1,V2",
         help="a switch and its values; repeatable (e.g. --vary dropout=spatial,standard --vary convlstm=on,off). "
-        "Names: see common/switches.py or a script's -h (dashes or underscores)",
+        "Names: the scripts' settings (a script's -h, docs/options.md), dashes or underscores",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=V", help="a setting for all variants; repeatable"
     )
-    parser.add_argument("--design", choices=DESIGNS, default="grid", help="all combinations, or one change at a time")
-    parser.add_argument("--folds", type=int, default=None, help="folds (default 3, or those of --splits)")
+    parser.add_argument(
+        "--design", choices=DESIGNS, default="grid", help="all combinations, or one change at a time (default: grid)"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=None, metavar="K", help="number of folds (default: 3, or those of --splits)"
+    )
     parser.add_argument("--splits", type=Path, default=None, metavar="FILE", help="reuse the folds of a splits.json")
-    parser.add_argument("--preset", choices=PRESETS, default=None, help="base settings (default: demo with --demo)")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="base settings (default: 'demo' with --demo, else 'default'; as for the scripts)",
+    )
     parser.add_argument(
         "--demo",
         nargs="?",
         const="synthetic",
         default=None,
         choices=sorted(DEMO_KINDS),
-        help="use (and generate once) demo data: synthetic (default) or mni152 (brain-growth on real anatomy)",
+        help="use (and generate once) demo data and start from the 'demo' preset: synthetic or mni152 "
+        "(brain-growth on real anatomy); --demo alone: synthetic",
     )
-    parser.add_argument("--data-root", type=Path, default=None, help="QUBIQ data root (as for the scripts)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="QUBIQ data root (default: as for the scripts: $QUBIQ_DATA, else ./Project_data; with --demo, "
+        "the demo's folder)",
+    )
     parser.add_argument(
         "--release", choices=RELEASE_NAMES, default=None, help="QUBIQ release to read when the data root holds both"
     )
     parser.add_argument("--experts", default=None, help="experts to train, e.g. 1,2,3 (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the demo data and training")
-    parser.add_argument("--out", type=Path, default=None, help="experiment folder (default: runs/experiments/...)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="EXP_DIR", help="continue an experiment")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the folds, the demo data and training (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="EXP_DIR",
+        help="experiment folder to create (default: runs/experiments/<dataset>-task<N>-<time>)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="EXP_DIR",
+        help=f"continue an interrupted experiment with the design and settings saved in its {EXPERIMENT_FILE}",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots of every fold")
-    parser.add_argument("--verbose", action="store_true", help="Keras's per-epoch lines")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no per-epoch Keras progress lines (the run's own lines still show)"
+    )
     return parser
 
 
@@ -397,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
             resume=args.resume is not None,
             splits_file=args.splits,
             plots=not args.no_plots,
-            verbose=2 if args.verbose else 0,
+            verbose=0 if args.quiet else 2,
             extra_config={"command": command, "demo": args.demo},
             release=args.release or saved.get("release"),
         )

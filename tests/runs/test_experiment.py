@@ -182,3 +182,39 @@ def test_command_line_refusals(tmp_path, argv, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before any folder is made
+
+
+@pytest.mark.parametrize("flags, verbose", [([], 2), (["--quiet"], 0)])
+def test_per_epoch_lines_show_unless_quiet_as_in_the_scripts(monkeypatch, tmp_path, flags, verbose):
+    import common.experiment as experiment
+
+    seen = {}
+    monkeypatch.setattr(experiment, "run_experiment", lambda *args, **options: seen.update(options))
+    experiment.main(["--dataset", "kidney", "--data-root", str(tmp_path), *flags])
+    assert seen["verbose"] == verbose  # run_experiment hands its options to every variant's cross-validation
+
+
+def test_verbose_is_gone_in_favour_of_quiet(capsys):
+    import common.experiment as experiment
+
+    with pytest.raises(SystemExit) as caught:
+        experiment.main(["--dataset", "kidney", "--verbose"])
+    assert caught.value.code == 2 and "unrecognized arguments: --verbose" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_every_variant_runs_with_the_experiments_verbosity(monkeypatch, tmp_path, verbose):
+    import common.experiment as experiment
+    import common.runs.crossval as crossval
+
+    class Reached(Exception):
+        pass
+
+    def first_variant(spec, settings, task, data_root, options):
+        raise Reached(options)
+
+    monkeypatch.setattr(experiment, "open_experiment", lambda *args: (tmp_path, [{"fold": k} for k in (1, 2, 3)]))
+    monkeypatch.setattr(crossval, "run_cv_plan", first_variant)
+    with pytest.raises(Reached) as caught:
+        run_experiment(SPEC, TINY, 1, tmp_path, [("dropout", ["spatial", "none"])], verbose=verbose, log=str)
+    assert caught.value.args[0].verbose == verbose
