@@ -78,7 +78,7 @@ def add_data_options(group, spec: DatasetSpec, task: int) -> None:
         "--task",
         type=int,
         default=None,
-        help=f"task to run: {_or_list(spec.valid_tasks)} (default: the script's 'task = {task}')",
+        help=f"task to run: {or_list(spec.valid_tasks)} (default: the script's 'task = {task}')",
     )
     group.add_argument(
         "--data-root",
@@ -317,7 +317,7 @@ def demo_roots(spec: DatasetSpec) -> str:
     return first + "".join(f"; --demo {kind}: ./{root.as_posix()}" for kind, root in roots[1:])
 
 
-def _or_list(values: list) -> str:
+def or_list(values: list) -> str:
     """``1``, ``1 or 2``, ``1, 2 or 3``."""
     shown = [str(v) for v in values]
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"

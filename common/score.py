@@ -51,7 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import or_list
 from common.data.cases import Case, DataError, discover_cases, load_mask, natural_key
+from common.datasets import DATASETS
 from common.evaluation.predictions import find_predictions, read_prediction
 from common.evaluation.report import dice_matrix_csv, dice_table_lines
 from common.evaluation.scoring import score_cases, score_slices
@@ -277,7 +279,6 @@ def dataset_layout(dataset: str, config_path: Path | None = None):
     its dataset when ``--pred`` is a run's folder, else as :mod:`common.datasets` does (a volume set's volumes);
     a dataset this project does not know is read as 2D images."""
     from common.data.layout import Planar, layout_of
-    from common.datasets import DATASETS
 
     if config_path is not None:
         from common.runs.gather import spec_from_config
@@ -430,15 +431,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="ROOT",
-        help="the QUBIQ data root holding one release: 2020 (training_data_v2/, validation_data_v2/, test/) or "
+        help="the QUBIQ data root as unpacked: 2020 (training_data_v2/, validation_data_v2/, test/) or "
         "2021 (training_data_v3_QC/, validation_data_qubiq2021_QC/, QUBIQ21_test/)",
     )
     parser.add_argument(
-        "--release", choices=RELEASE_NAMES, default=None, help="which release to read when the data root holds both"
+        "--release",
+        choices=RELEASE_NAMES,
+        default=None,
+        help="which release to read when the data root holds both (default: the one there)",
     )
-    parser.add_argument("--dataset", required=True, help="e.g. brain-growth, brain-tumor, kidney, prostate")
+    parser.add_argument(
+        "--dataset", required=True, choices=list(DATASETS), help="the dataset whose expert masks to score against"
+    )
     parser.add_argument("--split", required=True, choices=SPLITS, help="the split whose masks to score against")
-    parser.add_argument("--task", type=_task_number, required=True, metavar="T", help="task number (1, 2, ...)")
+    parser.add_argument(
+        "--task",
+        type=_task_number,
+        required=True,
+        metavar="T",
+        help="task number: 1"
+        + "".join(f"; {e.name}: {or_list(e.spec.valid_tasks)}" for e in DATASETS.values() if e.spec.tasks > 1),
+    )
     parser.add_argument(
         "--cases",
         type=_case_list,
@@ -466,10 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, score, write and print. Exits with status 2 and a one-line message on bad input."""
+    from common.runs.plan import check_task
+
     parser = build_parser()
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else default_out(args.pred, args.dataset, args.split, args.task)
     try:
+        check_task(DATASETS[args.dataset].spec, args.task)  # before any file is read: a task it does not have
         results = score_folder(
             args.pred,
             args.data_root,
