@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        gather_run(args.run_dir, data_root=args.data_root, plots=not args.no_plots)
+        gather_run(args.run_dir, data_root=args.data_root, plots=not args.no_plots, what=str(args.run_dir))
     except (ConfigError, DataError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return 0

@@ -118,6 +118,7 @@ def gather_run(
     data_root: Path | None = None,
     plots: bool = True,
     log: Callable[[str], None] = print,
+    what: str | None = None,
 ) -> dict:
     """Gather a run whose networks were trained as jobs (``python -m common.gather RUN``); no TensorFlow.
 
@@ -127,6 +128,8 @@ def gather_run(
         spec: the dataset (a script's ``DATASET``); must be the run's. Default: from ``config.json``.
         data_root: where the masks are (default: the run's data root, from ``config.json``).
         plots: write the PNG plots (from the saved maps and training logs).
+        what: how the messages name the run folder: the caller's own argument (default ``--gather RUN_DIR``,
+            the dataset scripts' option; ``python -m common.gather`` names the folder alone).
 
     Returns the results, as a one-process run's (also in ``results.json``). A folder already gathered
     (holding ``results.json``) is left as it is and its results returned.
@@ -137,7 +140,7 @@ def gather_run(
         DataError: the data root or a map cannot be read.
     """
     run_dir = Path(run_dir)
-    what = f"--gather {run_dir}"
+    what = f"--gather {run_dir}" if what is None else what
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{what}: not a run folder (no {CONFIG_FILE} there)")
     config = read_config(run_dir, what)

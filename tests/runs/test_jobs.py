@@ -14,6 +14,7 @@ from helpers import SPEC, TINY, make_toy_root
 from common import cli
 from common.evaluation.predictions import prediction_path, read_prediction
 from common.gather import gather_run
+from common.gather import main as gather_main
 from common.runs.crossval import RESULTS_FILE as CV_RESULTS
 from common.runs.crossval import run_cross_validation
 from common.runs.folder import claim_config
@@ -288,6 +289,23 @@ def test_gather_refuses_what_it_cannot_gather(tmp_path):
         gather_run(tmp_path, log=quiet)
     with pytest.raises(ConfigError, match="not a run folder"):
         gather_run(tmp_path / "nowhere", log=quiet)
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        # python -m common.gather has no --gather: it names the folder, under its own name
+        (lambda folder: gather_main([str(folder)]), "python -m common.gather: error: {d}: not a run folder"),
+        # a dataset script names its option
+        (lambda folder: cli.main(SPEC, SETTINGS, SETTINGS, 1, ["--gather", str(folder)]), "error: --gather {d}: not"),
+    ],
+)
+def test_gather_of_what_is_not_a_run_folder_names_the_commands_own_argument(tmp_path, capsys, command, expected):
+    with pytest.raises(SystemExit) as caught:
+        command(tmp_path / "nope")
+    err = capsys.readouterr().err.strip()
+    assert caught.value.code == 2 and expected.replace("{d}", str(tmp_path / "nope")) in err, err
+    assert "(no config.json there)" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("strategy", ["per-expert", "multi-head", "soft-label", "prob-unet"])
