@@ -189,6 +189,8 @@ def folder_with(path, **files):
         (lambda t: ["--out", str(folder_with(t / "d") / "file"), "--data-root", str(t)], "--out {t}/d/file is a file"),
         (lambda t: ["--data-root", str(t / "d" / "file")], "--data-root {t}/d/file is a file"),
         (lambda t: ["--resume", str(folder_with(t / "run", run__log="x"))], "stopped before writing its configuration"),
+        # a folder the user made: nothing started there, so no failed start is claimed
+        (lambda t: ["--resume", str(folder_with(t / "new"))], "--resume {t}/new: the folder is empty: not a run"),
         (lambda t: ["--resume", str(t / "d" / "file")], "--resume {t}/d/file is a file, not a run folder"),
         (lambda t: ["--data-root", str(folder_with(t / "training_data_v3_QC" / "prostate", x=""))], "pass --data-root"),
     ],

@@ -265,13 +265,25 @@ def _remove_if_empty(folder: Path, top: Path) -> None:
 
 
 def check_resume_folder(out: Path | None) -> None:
-    """Refuse ``--resume`` of a folder that is not a run folder, saying why and what to do instead."""
+    """Refuse ``--resume`` of a folder that is not a run folder, saying why and what to do instead.
+
+    A folder with nothing in it but hidden entries (``.DS_Store``) is called empty: nothing shows that a run
+    ever started there (a user may have made it), so it is not said to be a failed start, and a new run
+    can start in it with ``--out``. (A start that was killed between creating its folder and opening its
+    ``run.log`` would leave such a folder too; the advice is the same.) A folder holding only what a start
+    writes before its configuration (``run.log`` ...) is a failed start's; anything else is no run folder.
+    """
     if out is None or not out.exists():
         raise ConfigError(f"--resume {out}: not a run folder (no such folder)")
     if not out.is_dir():
         raise ConfigError(f"--resume {out} is a file, not a run folder")
     if (out / CONFIG_FILE).is_file():
         return
+    if not any(not entry.name.startswith(".") for entry in out.iterdir()):
+        raise ConfigError(
+            f"--resume {out}: the folder is empty: not a run folder (no {CONFIG_FILE}), nothing to resume; "
+            f"to start a new run in it, use --out {out}"
+        )
     if failed_start(out) is not None:
         raise ConfigError(
             f"--resume {out}: not a run folder (no config.json there): the start that made it stopped before "

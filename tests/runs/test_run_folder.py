@@ -109,6 +109,9 @@ def test_an_interrupted_folder_points_to_resume(trained, tmp_path):
         (lambda p: None, "not a run folder (no such folder)"),
         (lambda p: p.write_text("x"), "is a file, not a run folder"),
         (lambda p: (p.mkdir(), (p / "run.log").write_text("x")), "stopped before writing its configuration"),
+        # empty (hidden entries aside): not called a failed start; a new run can start there
+        (lambda p: p.mkdir(), "the folder is empty: not a run folder (no config.json), nothing to resume; to start"),
+        (lambda p: (p.mkdir(), (p / ".DS_Store").write_text("")), "the folder is empty: not a run folder"),
         (lambda p: (p.mkdir(), (p / "model.keras").write_text("x")), "not a run folder (no config.json there)"),
     ],
 )
