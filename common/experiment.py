@@ -234,8 +234,9 @@ def open_experiment(
             raise ConfigError(f"--resume {out}: the experiment was made with other {', '.join(differing)}")
         return out, read_splits(out / SPLITS_FILE, spec.name)
     release = options.release
-    cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
-        data_root, spec.name, "validation", release=release
+    problems: list[str] = []  # a case folder without its image: listed by the data check with the rest
+    cases = discover_cases(data_root, spec.name, "train", release=release, problems=problems) + discover_cases(
+        data_root, spec.name, "validation", release=release, problems=problems
     )
     # every file every variant reads, checked before the experiment folder is created (common.data.check)
     check_run_data(
@@ -248,6 +249,7 @@ def open_experiment(
             for job in strategy(s.strategy).networks(experts, options.seed, s)
         },
         echo=options.log,
+        found_problems=problems,
     )
     case_ids = [c.case_id for c in cases]
     if options.splits_file is not None:

@@ -299,15 +299,21 @@ def dataset_folder(root: Path, dataset: str, split: str, *, release: str | None 
     return find_release(root, release).dataset_folder(dataset, split)
 
 
-def discover_cases(root: Path, dataset: str, split: str, *, release: str | None = None) -> list[Case]:
+def discover_cases(
+    root: Path, dataset: str, split: str, *, release: str | None = None, problems: list[str] | None = None
+) -> list[Case]:
     """All cases of one split, sorted by case id (naturally: ``case2`` before ``case10``).
+
+    ``problems``: when given, a case folder with masks but no image is added to it (one line each) and left
+    out of the cases, instead of raising, so that the data check lists it with every other problem
+    (:func:`common.data.check.check_run_data`); a split with no case at all still raises.
 
     Raises:
         ConfigError: ``release`` is not a known release.
         DataError: see :func:`find_release`; the dataset folder is missing or holds no case; a folder cannot
             be read or is reached twice through links; two case folders name one case; a case folder has two
             images or two files of one mask; a broken link is named like an image or a mask; a folder has
-            masks but no image.
+            masks but no image (unless ``problems`` is given).
 
     Warns:
         DataWarning: an image or mask named in other letter case (used); a NIfTI file that is neither
@@ -322,10 +328,10 @@ def discover_cases(root: Path, dataset: str, split: str, *, release: str | None 
             names = sorted(p.name for p in folder.parent.iterdir() if p.is_dir())
             holds = f"; {folder.parent} holds {', '.join(names) if names else 'no folder'}"
         raise DataError(f"no {split} data for {dataset}: folder {folder} does not exist{holds}")
-    return cases_in_folder(folder, split)
+    return cases_in_folder(folder, split, problems)
 
 
-def cases_in_folder(folder: Path, split: str) -> list[Case]:
+def cases_in_folder(folder: Path, split: str, problems: list[str] | None = None) -> list[Case]:
     """Every case folder (a folder holding ``image.nii.gz``) under ``folder``, sorted by case id.
 
     The walk of :func:`discover_cases` once its dataset folder is known; also how ``python -m
@@ -350,11 +356,13 @@ def cases_in_folder(folder: Path, split: str) -> list[Case]:
             masks=masks,
             image=None if image.name == IMAGE_NAME else image,
         )
-    if orphans:
+    if orphans and (problems is None or not cases):
         raise DataError(
             f"case folder {orphans[0]} has masks but no {IMAGE_NAME}"
             + (f" (and {len(orphans) - 1} more such folder(s))" if len(orphans) > 1 else "")
         )
+    if problems is not None:
+        problems.extend(f"case folder {path} has masks but no {IMAGE_NAME}" for path in orphans)
     if not cases:
         raise DataError(f"no case found in {folder}: expected case folders holding {IMAGE_NAME}")
     return sorted(cases.values(), key=lambda c: natural_key(c.case_id))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -95,6 +95,7 @@ def check_run_data(
     test: list[Case] = (),
     echo: Callable[[str], None] | None = None,
     keep: Callable[[set[str], LoadedCase], LoadedCase] | None = None,
+    found_problems: Sequence[str] = (),
 ) -> CheckedData:
     """Read and check every file of ``roles`` (``train``, ``validation``, ``held_out``) and ``test``.
 
@@ -109,12 +110,14 @@ def check_run_data(
         keep: what to keep of a case once it is read and checked, given the roles it plays (default: all of
             it); a run keeps only the training slices of a volume that only trains
             (:func:`common.data.volumes.keep_slices`), so each volume is read once and the rest freed.
+        found_problems: problems already found while the cases were found (a case folder with masks but no
+            image: :func:`common.data.cases.discover_cases` with ``problems``), listed first.
 
     Raises:
         DataError: listing every problem (one per line), the files named.
     """
     started = time.perf_counter()
-    problems: list[str] = []
+    problems: list[str] = list(found_problems)
     loaded: dict[str, LoadedCase] = {}
     test_images: dict[str, tuple] = {}
     found: list[str] = []

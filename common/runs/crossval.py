@@ -267,10 +267,11 @@ def plan_folds(
     from common.data.check import check_run_data, collected_warnings
 
     release, out = options.release, options.out
+    problems: list[str] = []  # a case folder without its image: listed by the data check with the rest
     with collected_warnings(found, options.log):
         source = find_release(data_root, release)
-        cases = discover_cases(data_root, spec.name, "train", release=release) + discover_cases(
-            data_root, spec.name, "validation", release=release
+        cases = discover_cases(data_root, spec.name, "train", release=release, problems=problems) + discover_cases(
+            data_root, spec.name, "validation", release=release, problems=problems
         )
     case_ids = [c.case_id for c in cases]
     if len(set(case_ids)) != len(case_ids):
@@ -297,6 +298,7 @@ def plan_folds(
         {"train": cases, "held_out": cases},
         {n.name: list(n.heads) for n in strategy(settings.strategy).networks(planned, options.seed, settings)},
         echo=options.log,
+        found_problems=problems,
     )
     found.extend(w for w in checked.warnings if w not in found)
     options.log(checked.summary())

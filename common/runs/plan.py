@@ -179,23 +179,26 @@ class Plan:
         return f"{self.spec.title}, task {self.task} ({self.spec.task_name(self.task)})"
 
 
-def _discover(data_root: Path, spec: DatasetSpec, options: RunOptions, found: list[str]) -> tuple:
+def _discover(data_root: Path, spec: DatasetSpec, options: RunOptions, found: list[str], problems: list[str]) -> tuple:
     """The release and the training, validation and test cases (a missing validation folder is a warning
-    when the held-out cases are drawn, since the best epoch can then be chosen by training loss)."""
+    when the held-out cases are drawn, since the best epoch can then be chosen by training loss). A case
+    folder without its image goes to ``problems``, for the data check to list with the others."""
     from common.data.cases import find_release
 
     release = options.release
     source = find_release(data_root, release)
-    train = discover_cases(data_root, spec.name, "train", release=release)
+    train = discover_cases(data_root, spec.name, "train", release=release, problems=problems)
     try:
-        validation = discover_cases(data_root, spec.name, "validation", release=release)
+        validation = discover_cases(data_root, spec.name, "validation", release=release, problems=problems)
     except DataError as error:
         if options.split is not None:
             raise
         found.append(f"warning: {error}; the best epoch is chosen by training loss")
         options.log(found[-1])
         validation = []
-    test = discover_cases(data_root, spec.name, "test", release=release) if options.predict_test else []
+    test = (
+        discover_cases(data_root, spec.name, "test", release=release, problems=problems) if options.predict_test else []
+    )
     return source, train, validation, test
 
 
@@ -216,8 +219,9 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
     learner = strategy(settings.strategy)
     planned = check_experts(spec, None) if options.train_only else chosen
     found: list[str] = []  # the data's warnings: printed now, written to the run's log once it exists
+    problems: list[str] = []  # found while finding the cases; the data check lists them with the rest
     with collected_warnings(found, options.log):
-        source, train_cases, validation_cases, test_cases = _discover(data_root, spec, options, found)
+        source, train_cases, validation_cases, test_cases = _discover(data_root, spec, options, found, problems)
     if options.split is None:
         held_out = choose_held_out([c.case_id for c in train_cases], spec.n_held_out, options.seed)
         roles = {
@@ -240,6 +244,7 @@ def make_plan(spec: DatasetSpec, settings: Settings, task: int, data_root: Path,
         test_cases,
         echo=options.log,
         keep=_keeper(spec, settings),
+        found_problems=problems,
     )
     found.extend(w for w in checked.warnings if w not in found)
     options.log(checked.summary())

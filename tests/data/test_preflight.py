@@ -136,3 +136,32 @@ def test_cross_validation_refuses_bad_data_before_creating_its_folder(toy_root, 
     with pytest.raises(DataError, match="case03/task01_seg01.nii.gz"):
         run_cross_validation(SPEC, TINY, 1, toy_root, 2, out=out, verbose=0, log=lambda _: None)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["run", "cross-validation"])
+def test_a_case_folder_without_its_image_is_one_more_listed_problem(toy_root, tmp_path, kind):
+    from common.runs.crossval import run_cross_validation
+
+    orphan = case_folder(toy_root, "case02")
+    (orphan / "image.nii.gz").unlink()  # its masks stay: a case folder without its image
+    nan_mask(case_folder(toy_root, "case07") / "task01_seg01.nii.gz")
+    out = tmp_path / kind
+    with pytest.raises(DataError) as caught:
+        if kind == "run":
+            run_task(SPEC, TINY, 1, toy_root, out=out, verbose=0, log=lambda _: None)
+        else:
+            run_cross_validation(SPEC, TINY, 1, toy_root, 2, out=out, verbose=0, log=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith("the data check found 2 problem(s); nothing was created or trained"), message
+    assert f"case folder {orphan} has masks but no image.nii.gz" in message
+    assert "case07/task01_seg01.nii.gz: mask has NaN" in message
+    assert not out.exists()
+
+
+def test_a_case_folder_without_its_image_still_stops_discovery_alone(toy_root):
+    (case_folder(toy_root, "case02") / "image.nii.gz").unlink()
+    with pytest.raises(DataError, match="case02 has masks but no image.nii.gz"):
+        discover_cases(toy_root, "toy", "train")  # a caller that runs no data check is never handed fewer cases
+    problems = []
+    assert "case02" not in [c.case_id for c in discover_cases(toy_root, "toy", "train", problems=problems)]
+    assert len(problems) == 1 and problems[0].endswith("case02 has masks but no image.nii.gz")
