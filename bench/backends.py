@@ -424,36 +424,92 @@ def gpu_markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    one = commands.add_parser("worker", help="one measurement (compare runs it)")
-    one.add_argument("--tree", default=str(ROOT))
-    one.add_argument("--size", type=int, default=128)
-    one.add_argument("--batch", type=int)
-    one.add_argument("--steps", type=int, default=24)
-    one.add_argument("--segments", type=int, default=3)
-    side = commands.add_parser("compare", help="backends (and trees) side by side, interleaved repeats")
+def build_parser() -> argparse.ArgumentParser:
+    """The three subcommands' options, each default stated once in its help (no path of this machine)."""
+    parser = argparse.ArgumentParser(prog="python bench/backends.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, help="what to run (each has its own -h)")
+    one = commands.add_parser("worker", help="one measurement (compare runs it)", description="One measurement.")
+    add_network_options(one, "the source tree to measure (default: this checkout)")
+    side = commands.add_parser(
+        "compare",
+        help="backends (and trees) side by side, interleaved repeats",
+        description="The backends (and source trees) side by side, each measurement in its own process.",
+    )
     side.add_argument(
-        "--variant", action="append", required=True, help="NAME=PYTHON[@TREE]; NAME starts with the backend"
+        "--variant",
+        action="append",
+        required=True,
+        metavar="NAME=PYTHON[@TREE]",
+        help="a variant to measure; repeat for each: NAME starts with the backend (tensorflow, jax, torch), PYTHON "
+        "is its environment's interpreter, TREE a source tree (default: this checkout)",
     )
-    side.add_argument("--repeats", type=int, default=3)
-    side.add_argument("--size", type=int, default=128)
-    side.add_argument("--batch", type=int)
-    side.add_argument("--steps", type=int, default=24)
-    side.add_argument("--segments", type=int, default=3)
-    side.add_argument("--out", type=Path)
-    gpu = commands.add_parser("gpu", help="the GPU check (bench/gpu_check.sh)")
+    side.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="interleaved repeats of every variant (default: %(default)s)",
+    )
+    add_network_options(side)
+    side.add_argument(
+        "--out", type=Path, metavar="DIR", help="also write the report (.md and .json) here (default: printed only)"
+    )
+    gpu = commands.add_parser(
+        "gpu", help="the GPU check (bench/gpu_check.sh)", description="The prepared GPU check, in this process."
+    )
     gpu.add_argument("--dry-run", action="store_true", help="tiny sizes, on any machine, in seconds")
-    gpu.add_argument("--tuned-batch", type=int, default=8)
-    gpu.add_argument("--steps", type=int, default=20)
-    gpu.add_argument("--repeats", type=int, default=3)
-    gpu.add_argument("--epochs", type=int, default=5, help="epochs of the study-preset kidney network")
-    gpu.add_argument("--budget", type=float, default=330.0, help="seconds for the throughput part")
-    gpu.add_argument("--out", help="the JSON file (a snapshot after each figure)")
     gpu.add_argument(
-        "--data-root", type=Path, default=ROOT / "demo_data" / "seed0", help="the demo data (made there if absent)"
+        "--tuned-batch", type=int, default=8, metavar="N", help="batch of the tuned way (default: %(default)s)"
     )
+    gpu.add_argument("--steps", type=int, default=20, metavar="N", help="steps per timed fit (default: %(default)s)")
+    gpu.add_argument("--repeats", type=int, default=3, metavar="N", help="timed fits per figure (default: %(default)s)")
+    gpu.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        metavar="N",
+        help="epochs of the study-preset kidney network (default: %(default)s)",
+    )
+    gpu.add_argument(
+        "--budget",
+        type=float,
+        default=330.0,
+        metavar="SECONDS",
+        help="seconds for the throughput part (default: %(default)s)",
+    )
+    gpu.add_argument(
+        "--out", metavar="FILE", help="the JSON file, a snapshot after each figure (default: printed only)"
+    )
+    gpu.add_argument(
+        "--data-root",
+        type=Path,
+        default=ROOT / "demo_data" / "seed0",
+        metavar="ROOT",
+        help="the demo data, made there if absent (default: demo_data/seed0 in this checkout)",
+    )
+    return parser
+
+
+def add_network_options(parser: argparse.ArgumentParser, tree: str | None = None) -> None:
+    """The measured network and fits, shared by ``worker`` and ``compare`` (the worker also takes its tree)."""
+    if tree is not None:
+        parser.add_argument("--tree", default=str(ROOT), help=tree)
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=128,
+        metavar="PX",
+        help="input size of the kidney demo network (default: %(default)s)",
+    )
+    parser.add_argument("--batch", type=int, metavar="N", help="batch size (default: the kidney demo preset's)")
+    parser.add_argument("--steps", type=int, default=24, metavar="N", help="steps per timed fit (default: %(default)s)")
+    parser.add_argument(
+        "--segments", type=int, default=3, metavar="N", help="timed fits per measurement (default: %(default)s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "worker":
         worker(args)

@@ -2054,31 +2054,48 @@ def int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """The benchmark's options, each default stated once in its help (no path of this machine)."""
+    parser = argparse.ArgumentParser(prog="python bench/benchmark.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="small settings: 128 px only, few steps, 2 repeats, short score run"
     )
     parser.add_argument(
-        "--sections", nargs="+", default=list(DEFAULT_SECTIONS), help=f"sections to run: {', '.join(SECTIONS)}"
+        "--sections",
+        nargs="+",
+        default=list(DEFAULT_SECTIONS),
+        metavar="SECTION",
+        help=f"sections to run, separated by spaces or commas: {', '.join(SECTIONS)} (baseline and tuned: "
+        f"tuning) (default: all but {', '.join(s for s in SECTIONS if s not in DEFAULT_SECTIONS)})",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats per figure (default 3; 2 with --quick)"
+        "--repeats", type=int, default=None, metavar="N", help="timed repeats per figure (default: 3; 2 with --quick)"
     )
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="folder for the .md and .json results"
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        metavar="DIR",
+        help="folder for the .md and .json results (default: bench/results in this checkout)",
     )
     parser.add_argument(
-        "--data-root", type=Path, default=None, help="QUBIQ-layout data (default: demo_data/seed0, generated if absent)"
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="QUBIQ-layout data (default: demo_data/seed0 in this checkout, generated if absent)",
     )
     parser.add_argument(
-        "--batches", type=int_list, default=[4, 8, 16], help="tf.data batch sizes of the tuning section"
+        "--batches",
+        type=int_list,
+        default=[4, 8, 16],
+        metavar="N,N,...",
+        help="tf.data batch sizes of the tuning section (default: 4,8,16)",
     )
     parser.add_argument(
         "--tuned-batch",
         type=int,
         default=None,
+        metavar="N",
         help="batch of the XLA/bf16/thread variants and of the tuned score run "
         "(default: 8; score: the fastest of the tuning section)",
     )
@@ -2086,13 +2103,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-scaling",
         choices=("sqrt", "linear"),
         default="sqrt",
-        help="learning-rate scaling rule with the batch size",
+        help="learning-rate scaling rule with the batch size (default: %(default)s)",
+    )
+    add_score_options(parser)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def add_score_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the score, experts and gpu sections."""
+    parser.add_argument(
+        "--score-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs of the score section (default: 60; 3 with --quick)",
     )
     parser.add_argument(
-        "--score-epochs", type=int, default=None, help="epochs of the score section (default 60; 3 with --quick)"
-    )
-    parser.add_argument(
-        "--networks", type=int, default=6, help="networks trained in one process by the experts section"
+        "--networks",
+        type=int,
+        default=6,
+        metavar="N",
+        help="networks trained in one process by the experts section (default: %(default)s)",
     )
     parser.add_argument(
         "--tuned-run",
@@ -2107,23 +2139,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-experts",
         type=int_list,
         default=None,
-        help="experts of the score section (default 1,2,3; 1 with --quick)",
+        metavar="E,E,...",
+        help="experts of the score section (default: 1,2,3; 1 with --quick)",
     )
     parser.add_argument(
         "--score-tolerance",
         type=float,
         default=0.02,
-        help="a tuned score this much below the baseline still counts as no worse",
+        metavar="D",
+        help="a tuned score this much below the baseline still counts as no worse (default: %(default)s)",
     )
-    parser.add_argument("--gpu-batches", type=int_list, default=[1, 8], help="batch sizes of the gpu section")
+    parser.add_argument(
+        "--gpu-batches",
+        type=int_list,
+        default=[1, 8],
+        metavar="N,N,...",
+        help="batch sizes of the gpu section (default: 1,8)",
+    )
     parser.add_argument(
         "--gpu-budget",
         type=float,
         default=180,
-        help="seconds of GPU measurements in the gpu section before the rest is skipped",
+        metavar="SECONDS",
+        help="seconds of GPU measurements in the gpu section before the rest is skipped (default: %(default)s)",
     )
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,12 +95,28 @@ def drop_caches() -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/data_check.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", type=Path, default=None, help="write (or reuse) the tree here")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write (or reuse) the tree here (default: a temporary folder, removed at the end)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed checks per task after the warm-up one; the table gives their median (default: %(default)s)",
+    )
     parser.add_argument("--drop-caches", action="store_true", help="also time one cold start (needs root)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = write_tree(args.keep or Path(scratch) / "qubiq")
         size = sum(p.stat().st_size for p in root.rglob("*.nii.gz")) / 2**20

@@ -154,12 +154,18 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/predict.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run or cross-validation folders")
-    parser.add_argument("--images", type=int, default=24, help="images to predict (default 24)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (default 3)")
-    args = parser.parse_args(argv)
+    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="finished run or cross-validation folders")
+    parser.add_argument("--images", type=int, default=24, metavar="N", help="images to predict (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, metavar="N", help="repeats of each measurement (default: %(default)s)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; --tta none; "
         f"median (min-max) of {args.repeats} repeats, each in a fresh process"

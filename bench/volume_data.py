@@ -46,6 +46,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -566,21 +567,54 @@ def measure_n(args: argparse.Namespace, n: int) -> dict:
     return row
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/volume_data.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--volumes", default=None, help="training volume counts, comma-separated (default: 20,40)")
-    parser.add_argument("--validation", type=int, default=4, help="validation volumes per tree (default: 4)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/qubiq-volume-bench"), help="where the trees live")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--volumes",
+        default=None,
+        metavar="N,N,...",
+        help="training volume counts, comma-separated, each >= 10 (default: 20,40; 10 with --quick)",
+    )
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=4,
+        metavar="N",
+        help="validation volumes per tree (default: %(default)s; --quick always takes 2)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "qubiq-volume-bench",
+        metavar="DIR",
+        help="where the trees live, kept for the next time (default: qubiq-volume-bench in the temporary "
+        "folder: $TMPDIR, else the system's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the trees' volumes (default: %(default)s)")
     parser.add_argument("--skip-run", action="store_true", help="skip the demo-preset training runs")
     parser.add_argument("--drop-caches", action="store_true", help="also time one cold check (needs root)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 volumes of 36-40 slices, 2 validation")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a subprocess is killed")
     parser.add_argument(
-        "--out", type=Path, default=None, help="the results JSON (default: bench/results/volumes-<UTC>.json)"
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="seconds before a subprocess is killed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the results JSON (default: bench/results/volumes-<UTC>.json in this checkout)",
     )
     parser.add_argument("--worker-data-side", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     # pancreas holds 8 training volumes out: 10 is the fewest from which a training volume always remains
     args.volumes = [int(v) for v in (args.volumes or ("10" if args.quick else "20,40")).split(",")]

@@ -5,20 +5,30 @@ A thin command line over :func:`common.runs.compare.compare_folders`; imports no
 
 from __future__ import annotations
 
+import argparse
+
 from common.evaluation.comparison import format_comparison
 from common.runs.compare import compare_folders
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the paired comparison of cross-validation folders, or exit 2 with the reason."""
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.comparison",
         description="Compare finished cross-validations made on the same folds and seed (e.g. two experiments "
         "with --splits of one splits.json): the first folder is the baseline. Imports no TensorFlow.",
     )
-    parser.add_argument("folders", nargs="+", metavar="CV_DIR", help="cross-validation folders (a variant's folder)")
+    parser.add_argument(
+        "folders",
+        nargs="+",
+        metavar="CV_DIR",
+        help="finished cross-validation folders (an experiment's variant folder is one), the baseline first",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the paired comparison of cross-validation folders, or exit 2 with the reason."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         variants, title = compare_folders(args.folders)

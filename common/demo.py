@@ -1192,7 +1192,7 @@ def ensure_demo_data(root: Path, seed: int, extra: DatasetSpec | None = None) ->
     return Path(root)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.demo",
         description="Generate the synthetic QUBIQ demo datasets in the QUBIQ layout (once per seed).",
@@ -1201,10 +1201,21 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="output root (default: demo_data/seed<SEED>, where the scripts' --demo looks)",
+        metavar="ROOT",
+        help="output root (default: demo_data/seed<SEED>, where the 2D scripts' --demo looks)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
-    parser.add_argument("--datasets", default="", help="comma-separated dataset names (default: all four)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: %(default)s)")
+    parser.add_argument(
+        "--datasets",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated dataset names among {', '.join(project_specs())} (default: all of them)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")

@@ -376,14 +376,25 @@ def ensure_anatomy_demo(spec: DatasetSpec, root: Path, seed: int) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.data.anatomy",
         description="Generate (once per seed) the brain-growth demo dataset drawn from the MNI ICBM152 2009a "
         "template, in the QUBIQ layout.",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output root (default: demo_data/mni152-seed<SEED>)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="output root (default: demo_data/mni152-seed<SEED>, where Brain_Growth.py --demo mni152 looks)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")

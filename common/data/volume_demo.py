@@ -746,19 +746,33 @@ def volume_specs() -> dict[str, DatasetSpec]:
     return {name: e.spec for name, e in DATASETS.items() if e.spec.slice_axis is not None and name in DESIGNS}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m common.data.volume_demo",
         description="Generate (once per seed) the synthetic 3D CT demo of the 2021 release's pancreas sets, "
         "in the release's layout.",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output root (default: demo_data/2021-seed<SEED>)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
-    specs = volume_specs()
     parser.add_argument(
-        "--datasets", default=",".join(specs), help=f"comma-separated dataset names (default: {','.join(specs)})"
+        "--out",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="output root (default: demo_data/2021-seed<SEED>, where the volume scripts' --demo looks)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: %(default)s)")
+    parser.add_argument(
+        "--datasets",
+        default=",".join(volume_specs()),
+        metavar="NAMES",
+        help="comma-separated dataset names (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    specs = volume_specs()
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     out = Path("demo_data") / f"2021-seed{args.seed}" if args.out is None else args.out
