@@ -346,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the demo's folder)",
     )
     parser.add_argument(
-        "--release", choices=RELEASE_NAMES, default=None, help="QUBIQ release to read when the data root holds both"
+        "--release",
+        choices=RELEASE_NAMES,
+        default=None,
+        help="QUBIQ release to read when the data root holds both (default: the one there)",
     )
     parser.add_argument("--experts", default=None, help="experts to train, e.g. 1,2,3 (default: all)")
     parser.add_argument(
