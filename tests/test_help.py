@@ -3,7 +3,8 @@
 The rules: every option and argument has a help text; no "(default: None)"; no absolute path (no path of
 this machine: the help is the same everywhere, and docs/options.md is made from it); no default stated
 twice; every settings switch of a dataset script says "default preset:" (``--demo`` starts from the demo
-preset, so a plain "default:" would be wrong for it). Each rule fails on a deliberately bad parser below.
+preset, so a plain "default:" would be wrong for it); no reference to the team's tracker ("issue 25"). Each
+rule fails on a deliberately bad parser below.
 """
 
 from __future__ import annotations
@@ -68,12 +69,18 @@ def settings_without_preset(parser, text) -> list[str]:
     ]
 
 
+def tracker_reference(parser, text) -> list[str]:
+    """The team's tracker is not the reader's (tests/test_docs.py holds the pages to the same rule)."""
+    return re.findall(r"\bissues? \d+", text, flags=re.I)
+
+
 RULES = {
     "missing help": missing_help,
     "(default: None)": default_none,
     "absolute path": absolute_path,
     "default twice": default_twice,
     "settings without 'default preset:'": settings_without_preset,
+    "tracker reference": tracker_reference,
 }
 
 
@@ -118,6 +125,10 @@ def bad_settings():
     return parser
 
 
+def bad_tracker_reference():
+    return argparse.ArgumentParser(prog="bad", description="The data check's time (issue 25).")
+
+
 BAD = [
     ("missing help", bad_missing_help, {"missing help"}),
     ("(default: None)", bad_default_none, {"(default: None)"}),
@@ -125,6 +136,7 @@ BAD = [
     ("path of this checkout", bad_checkout_path, {"absolute path"}),
     ("default twice", bad_default_twice, {"default twice"}),
     ("settings switch", bad_settings, {"settings without 'default preset:'"}),
+    ("tracker reference", bad_tracker_reference, {"tracker reference"}),
 ]
 COMMANDS = all_parsers()
 
@@ -143,7 +155,9 @@ def test_help_rules(parser, expected, monkeypatch):
 def test_every_command_is_a_row():
     labels = [label for label, _ in COMMANDS]
     scripts = sorted(p.name for p in ROOT.glob("*.py"))
-    assert [f"python {s}" for s in scripts] == sorted(label for label in labels if "/" not in label and label.endswith(".py"))
+    assert [f"python {s}" for s in scripts] == sorted(
+        label for label in labels if "/" not in label and label.endswith(".py")
+    )
     for command in (
         "python -m common.predict",
         "python -m common.score",
