@@ -17,7 +17,8 @@ def test_gpu_check_dry_run(demo_root, tmp_path):
     # Without KERAS_BACKEND the script picks the first installed backend (on the default install:
     # TensorFlow, not the GPU machine's JAX, which is not installed there).
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": f"--data-root {demo_root}"}
-    expected = env.get("KERAS_BACKEND") or next(b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b))
+    installed = [b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b)]
+    expected = env.get("KERAS_BACKEND") or installed[0]
     done = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
