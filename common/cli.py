@@ -229,14 +229,14 @@ def add_switches(parser: argparse.ArgumentParser, spec: DatasetSpec, study: Sett
         default=None,
         help="the settings to start from (default: 'demo' with --demo, else 'default')",
     )
-    presets = {name: preset(name, study, demo) for name in PRESETS}
+    # labelled "default preset", not "default": --demo starts from the demo preset
+    presets = {("default preset" if name == "default" else name): preset(name, study, demo) for name in PRESETS}
     for name, entry in SWITCHES.items():
         if name == "ct_window" and spec.modality != "CT":
             continue  # MRI: no Hounsfield units to window
         if name == "slice_margin" and not spec.volumetric:
             continue  # 2D images: no slices to choose
         values = "; ".join(f"{p}: {entry.show(getattr(s, entry.field))}" for p, s in presets.items())
-        values = values.replace("default: ", "default preset: ", 1)  # --demo starts from the demo preset
         bare = {"nargs": "?", "const": entry.bare} if entry.bare is not None else {}  # --mixed-precision alone: on
         group.add_argument(
             entry.option,
@@ -307,12 +307,15 @@ def demo_description(spec: DatasetSpec, kind: str) -> str:
     return DEMO_KINDS[kind]
 
 
+def demo_root(spec: DatasetSpec, kind: str) -> Path:
+    """Where ``--demo KIND`` puts (and finds) ``spec``'s demo data, as :func:`resolve_data_root` chooses it,
+    with ``<SEED>`` in place of the seed (for help texts and docs)."""
+    return resolve_data_root(argparse.Namespace(data_root=None, demo=kind, seed="<SEED>"), spec)
+
+
 def demo_roots(spec: DatasetSpec) -> str:
-    """Where ``--demo`` puts (and finds) ``spec``'s demo data, as :func:`resolve_data_root` chooses it."""
-    roots = [
-        (kind, resolve_data_root(argparse.Namespace(data_root=None, demo=kind, seed="<SEED>"), spec))
-        for kind in demo_kinds(spec)
-    ]
+    """Every ``--demo`` kind's root for ``spec``, as the ``--data-root`` help states them."""
+    roots = [(kind, demo_root(spec, kind)) for kind in demo_kinds(spec)]
     first = f"./{roots[0][1].as_posix()}"
     return first + "".join(f"; --demo {kind}: ./{root.as_posix()}" for kind, root in roots[1:])
 

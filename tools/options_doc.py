@@ -178,7 +178,7 @@ def only_in(option: str, parsers: dict[str, argparse.ArgumentParser]) -> list[st
 
 def dataset_section() -> list[str]:
     """The scripts' options once (``SHOWN_SCRIPT``'s texts), what differs by script, the settings' values."""
-    from common.cli import demo_kinds, resolve_data_root
+    from common.cli import demo_kinds, demo_root
     from common.datasets import DATASETS, script_task
     from common.switches import SWITCHES
 
@@ -204,10 +204,7 @@ def dataset_section() -> list[str]:
     for entry in DATASETS.values():
         spec = entry.spec
         tasks = ", ".join(map(str, spec.valid_tasks))
-        demos = ", ".join(
-            f"{kind} (`{resolve_data_root(argparse.Namespace(data_root=None, demo=kind, seed='<SEED>'), spec)}`)"
-            for kind in demo_kinds(spec)
-        )
+        demos = ", ".join(f"{kind} (`{demo_root(spec, kind)}`)" for kind in demo_kinds(spec))
         lines.append(
             f"| `{entry.script}` | {spec.name} | {tasks} (default {script_task(entry)}) | {spec.experts} | {demos} | "
             f"{'yes' if spec.modality == 'CT' else 'no (MRI)'} | {'yes' if spec.volumetric else 'no (2D images)'} |"
