@@ -423,7 +423,7 @@ def main(spec: DatasetSpec, study: Settings, demo: Settings, task: int, argv: li
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not errors
     from common.data.cases import DataError
     from common.runs.plan import check_experts, check_task
-    from common.runs.storage import StorageError
+    from common.storage import StorageError
 
     try:
         if args.gather is not None:

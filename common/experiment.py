@@ -120,8 +120,8 @@ def run_experiment(
     the baseline.
     """
     from common.runs.crossval import run_cv_plan, variant_metrics
+    from common.runs.log import RunLog
     from common.runs.plan import RunOptions, check_experts, check_task
-    from common.runs.storage import RunLog
 
     options = RunOptions(**{"folds": 3, "verbose": 0, **options})
     check_task(spec, task)
@@ -218,7 +218,7 @@ def open_experiment(
     from common.data.check import check_run_data
     from common.runs.crossval import check_folds, make_folds, read_splits, validation_fraction
     from common.runs.folder import new_run_dir, prepare_run_dir
-    from common.runs.storage import write_json
+    from common.storage import write_json
     from common.strategies import strategy
 
     out = options.out
@@ -269,7 +269,7 @@ def open_experiment(
 
 def write_comparison(exp_dir: Path, results: list, title: str, base: Settings, command: list | None) -> dict:
     """``comparison.json``, ``.csv`` and ``.md``: the table, each variant paired with the baseline."""
-    from common.runs.storage import write_atomic, write_json
+    from common.storage import write_atomic, write_json
 
     table = format_comparison(results, title)
     comparison = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from common.cli import int_at_least, number_list
 from common.data.cases import DataError
-from common.runs.storage import StorageError
 from common.spec import ConfigError
+from common.storage import StorageError
 from common.training.tta import TTA
 
 

@@ -58,8 +58,8 @@ from common.evaluation.predictions import find_predictions, read_prediction
 from common.evaluation.report import dice_matrix_csv, dice_table_lines
 from common.evaluation.scoring import score_cases, score_slices
 from common.runs.folder import CONFIG_FILE, DICE_MATRIX_FILE, PREDICTIONS_FOLDER, RESULTS_FILE
-from common.runs.storage import StorageError, write_atomic, write_json
 from common.spec import RELEASE_NAMES, SPLITS, ConfigError
+from common.storage import StorageError, write_atomic, write_json
 
 #: A run folder's maps and its record (as :mod:`common.runs.pipeline` writes them; not imported, to keep this light).
 RUN_CONFIG_FILE = CONFIG_FILE

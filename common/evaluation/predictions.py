@@ -23,7 +23,7 @@ import numpy as np
 
 from common.data.cases import DataError, natural_key, read_nifti
 from common.data.layout import CaseLayout, Planar
-from common.runs.storage import replaced_atomically
+from common.storage import replaced_atomically
 
 EXPERTS_SUBFOLDER = "experts"
 ENSEMBLE_PATTERN = re.compile(r"^task(\d+)\.nii(\.gz)?$")

@@ -48,10 +48,11 @@ from common.runs.folder import (
 )
 from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
 from common.runs.gather import gather_run
+from common.runs.log import RunLog
 from common.runs.pipeline import run_plan
 from common.runs.plan import RunOptions, check_experts, check_groups, check_task, run_record
-from common.runs.storage import RunLog, write_json
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.storage import write_json
 from common.strategies import strategy
 
 RESULTS_FILE = CV_RESULTS_FILE  # what a cross-validation folder calls its results

@@ -29,9 +29,10 @@ from common.runs.folder import (
     network_files,
     network_folder,
     output_map_paths,
+    unreadable_network,
 )
+from common.runs.log import RunLog
 from common.runs.plan import Plan, RunOptions
-from common.runs.storage import RunLog
 
 
 def prepared_cases(plan: Plan) -> dict[str, list[PreparedCase]]:
@@ -88,7 +89,7 @@ def execute(
     from common.training.inference import Predictor
 
     train = train or training.train_expert
-    predictor = predictor or Predictor(plan.settings.batch_size, unreadable=training.unreadable_network)
+    predictor = predictor or Predictor(plan.settings.batch_size, unreadable=unreadable_network)
     learner = strategy(plan.settings.strategy)
     training.seed_everything(plan.seed, plan.config.get("deterministic", False))
     cases = prepared_cases(plan)

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from common.data.cases import DataError
 from common.evaluation.predictions import output_path
-from common.runs.storage import retrain_hint, write_atomic
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.storage import write_atomic
 from common.training.files import NetworkFiles
 
 CONFIG_FILE = "config.json"
@@ -507,11 +507,31 @@ def network_folder(network) -> str:
 
 
 def network_files(folder: Path) -> NetworkFiles:
-    """The files of the network trained in ``folder`` (an ``experts/segEE`` or ``network`` folder)."""
+    """The files of the network trained in ``folder`` (an ``experts/segEE`` or ``network`` folder), with how
+    to train it anew should one of them be unreadable."""
     folder = Path(folder)
+    run_dir = folder.parent.parent if folder.parent.name == EXPERTS_FOLDER else folder.parent
     return NetworkFiles(
-        folder, folder / MODEL_FILE, folder / BACKUP_MODEL_FILE, folder / BACKUP_STATE_FILE, folder / TRAINING_LOG
+        folder,
+        folder / MODEL_FILE,
+        folder / BACKUP_MODEL_FILE,
+        folder / BACKUP_STATE_FILE,
+        folder / TRAINING_LOG,
+        retrain=retrain_hint(run_dir, folder),
     )
+
+
+def unreadable_network(path: Path, error: BaseException) -> DataError:
+    """The refusal for a run's saved network (``.../model.keras``) that cannot be loaded: names the file and
+    how to train that network anew (given to a :class:`~common.training.inference.Predictor`)."""
+    return network_files(Path(path).parent).unreadable(path, error)
+
+
+def retrain_hint(run_dir: Path, network: Path, what: str = "--resume") -> str:
+    """How to train one network of a run anew: move its folder out of the run, then continue the run."""
+    aside = Path(run_dir).parent / f"{Path(run_dir).name}-{network.name}-unreadable"
+    command = f"{what} {run_dir}" if what == "--resume" else "the same command"
+    return f"mv {network} {aside}, then {command} again (only that network is trained again)"
 
 
 def mark_network_complete(folder: Path, result: dict) -> None:

@@ -48,8 +48,9 @@ from common.runs.folder import (
     read_config,
 )
 from common.runs.jobs import gather_command, job_command
-from common.runs.storage import RunLog, write_atomic, write_json
+from common.runs.log import RunLog
 from common.spec import ConfigError, DatasetSpec, Settings
+from common.storage import write_atomic, write_json
 
 
 def spec_from_config(config: dict) -> DatasetSpec:

@@ -49,8 +49,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from common.runs.storage import StorageError
 from common.spec import ConfigError
+from common.storage import StorageError
 
 try:
     import fcntl
@@ -129,7 +129,7 @@ class NetworkLock:
     """The lock of one network: ``with NetworkLock(net_dir / LOCK_FILE, "seg01"): train...``.
 
     ``what`` names the network in the refusal. :meth:`acquire` raises :class:`LockHeld` if another process
-    (or another open in this one) holds it, and :class:`~common.runs.storage.StorageError` if the lock file
+    (or another open in this one) holds it, and :class:`~common.storage.StorageError` if the lock file
     cannot be created or written (a full disk). ``use_flock=False`` forces the fallback for file systems
     without locks, which is also taken when ``flock`` reports that it is not supported; ``warn`` receives
     the warning of a stale lock file taken over there (default: :func:`warnings.warn`).

@@ -29,9 +29,10 @@ from common.runs.folder import (
     network_locks,
 )
 from common.runs.gather import Sources, gather
+from common.runs.log import RunLog
 from common.runs.plan import Plan, RunOptions, check_experts, check_task, choose_held_out, make_plan
-from common.runs.storage import RunLog, write_json
 from common.spec import DatasetSpec, Settings
+from common.storage import write_json
 
 __all__ = ["run_task", "run_plan", "check_task", "check_experts", "choose_held_out", "check_resumable"]
 

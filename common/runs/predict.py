@@ -48,9 +48,10 @@ from common.data.inputs import InputImage, find_inputs, read_header
 from common.data.layout import layout_of
 from common.data.preprocessing import Geometry, from_input, normalise_image, to_input
 from common.evaluation.ensemble import MapAverager, binary_entropy_bits
-from common.runs.storage import StorageError, write_json
+from common.runs.folder import unreadable_network
 from common.runs.trained import TrainedRun, open_trained
 from common.spec import ConfigError
+from common.storage import StorageError, write_json
 from common.strategies import strategy
 from common.training.tta import TTA
 
@@ -293,7 +294,6 @@ def run_prediction(plan: Prediction, log: Callable[[str], None] | None = print, 
     ``log`` takes the progress lines (None: none); ``warn`` each skipped entry and cropped border, even then.
     """
     from common.training.inference import Predictor
-    from common.training.trainer import unreadable_network
 
     say = log or (lambda _: None)
     for line in plan.skipped + plan.warnings:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import DataError
+
 
 @dataclass(frozen=True)
 class NetworkFiles:
@@ -19,3 +21,14 @@ class NetworkFiles:
     backup: Path
     backup_state: Path
     log: Path
+    #: How to train this network anew if a saved file of it cannot be read, in its run's words (the run
+    #: folder's module says it: :func:`common.runs.folder.retrain_hint`); empty outside a run.
+    retrain: str = ""
+
+    def unreadable(self, path: Path, error: BaseException) -> DataError:
+        """The refusal for a saved file of this network that cannot be loaded: names it and how to train anew."""
+        retrain = self.retrain or f"remove {self.folder}, then train it again"
+        return DataError(
+            f"{path} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); to train that network anew: "
+            f"{retrain}"
+        )

@@ -29,9 +29,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from common.data.cases import DataError
-from common.runs.storage import replaced_atomically, retrain_hint, write_atomic
 from common.spec import DISTRIBUTE_CHOICES, ConfigError, Settings
+from common.storage import replaced_atomically, write_atomic
 from common.strategies import strategy
 from common.training import backend
 from common.training import losses as _registered  # noqa: F401 - registers the custom losses, so saved networks load
@@ -585,7 +584,7 @@ class Trainer:
         if state_path.is_file() and backup_path.is_file():
             state = json.loads(state_path.read_text())
             first_epoch, best = int(state["epoch"]), float(state["best"])
-            model = load_saved(backup_path, compile=True)
+            model = load_saved(backup_path, files, compile=True)
             log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
         elif replicas == 1 and self.reuse_networks:
             outputs = output_channels(settings, train[1])
@@ -668,17 +667,7 @@ class Trainer:
 train_expert = Trainer().train
 
 
-def unreadable_network(path: Path, error: BaseException) -> DataError:
-    """The refusal for a saved network that cannot be loaded: names the file and how to retrain it."""
-    network = Path(path).parent
-    run_dir = network.parent.parent if network.parent.name == "experts" else network.parent
-    return DataError(
-        f"{path} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); to train that network anew: "
-        f"{retrain_hint(run_dir, network)}"
-    )
-
-
-def load_saved(path: Path, compile: bool) -> keras.Model:
+def load_saved(path: Path, files: NetworkFiles, compile: bool) -> keras.Model:
     """A saved network (a resumed training's backup) in Keras's safe mode: a file that carries code refused as
-    such, a truncated or corrupt one by name with how to train it anew (:func:`unreadable_network`)."""
-    return load_network(path, unreadable_network, compile=compile)
+    such, a truncated or corrupt one by name with how to train it anew (:meth:`NetworkFiles.unreadable`)."""
+    return load_network(path, files.unreadable, compile=compile)

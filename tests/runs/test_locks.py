@@ -14,8 +14,8 @@ import pytest
 
 from common.runs import locks
 from common.runs.locks import LOCK_FILE, LockHeld, LockWarning, NetworkLock
-from common.runs.storage import StorageError
 from common.spec import ConfigError
+from common.storage import StorageError
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = socket.gethostname()

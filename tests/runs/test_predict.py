@@ -22,9 +22,9 @@ from common.predict import main
 from common.runs import predict as predicting
 from common.runs.crossval import run_cross_validation
 from common.runs.pipeline import run_task
-from common.runs.storage import StorageError
 from common.score import score_folder
 from common.spec import ConfigError
+from common.storage import StorageError
 
 LEGACY = Path(__file__).resolve().parent / "legacy_runs"
 KIDNEY_LIKE = TINY.replace(epochs=1, flip=False, ct_window=(-0.2, 0.8))

@@ -15,9 +15,17 @@ import pytest
 from helpers import SPEC, TINY, make_toy_root
 
 from common.data.cases import DataError
-from common.runs.folder import check_resume_folder, config_differences, failed_start, prepare_run_dir
+from common.runs.folder import (
+    check_resume_folder,
+    config_differences,
+    failed_start,
+    network_files,
+    prepare_run_dir,
+    unreadable_network,
+)
 from common.runs.pipeline import run_task
 from common.spec import ConfigError
+from common.training.files import NetworkFiles
 
 SETTINGS = TINY.replace(epochs=1)
 
@@ -185,6 +193,29 @@ def test_resume_refuses_an_unreadable_saved_network_naming_it(trained, toy_root,
     assert snapshot(run) == before  # refused before writing anything
 
 
+@pytest.mark.parametrize("folder", ["experts/seg02", "network"])
+def test_an_unreadable_network_is_named_with_how_to_train_it_anew(tmp_path, folder):
+    """The run folder's module words the refusal (the trainer and the predictor are handed it): the file,
+    the loader's error, and the move that makes --resume train that network alone again."""
+    run = tmp_path / "run"
+    network = run / folder
+    error = unreadable_network(network / "model.keras", ValueError("not a zip file"))
+    assert isinstance(error, DataError)
+    aside = tmp_path / f"run-{network.name}-unreadable"
+    assert str(error) == (
+        f"{network / 'model.keras'} cannot be loaded (ValueError: not a zip file); to train that network anew: "
+        f"mv {network} {aside}, then --resume {run} again (only that network is trained again)"
+    )
+    backup = network_files(network)
+    assert str(backup.unreadable(backup.backup, OSError("truncated"))).startswith(f"{backup.backup} cannot be loaded")
+
+
+def test_a_network_outside_a_run_is_refused_with_a_plain_hint(tmp_path):
+    files = NetworkFiles(tmp_path, tmp_path / "m.keras", tmp_path / "b.keras", tmp_path / "b.json", tmp_path / "l.csv")
+    message = str(files.unreadable(files.backup, ValueError("bad")))
+    assert message.endswith(f"to train that network anew: remove {tmp_path}, then train it again")
+
+
 def test_the_retrain_hint_works(trained, toy_root, tmp_path):
     run = copy_of(trained, tmp_path)
     (run / "results.json").unlink()
@@ -250,8 +281,8 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_run_stays_resumable(t
     import errno
 
     import Kidney  # noqa: F401  (the scripts' command line; the toy spec goes through common.cli.main)
+    from common import storage
     from common.cli import main
-    from common.runs import storage
 
     run = copy_of(trained, tmp_path)
     (run / "results.json").unlink()

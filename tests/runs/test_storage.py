@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.runs.storage import RunLog, StorageError, write_atomic, write_json
+from common.runs.log import RunLog
+from common.storage import StorageError, write_atomic, write_json
 from common.training.trainer import save_model_atomic, write_log
 
 

@@ -1,9 +1,12 @@
-"""The run folder's files written safely: atomic replacement, the run's log, and a full disk's one-line error."""
+"""Files written safely: atomic replacement, and a full disk's one-line error.
+
+The one way every file of a run is written (configuration, models, probability maps, results). It sits
+below the stages, so the trainer and the prediction writer use it without importing the run folder's
+module."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import json
 import os
@@ -104,35 +107,3 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-class RunLog:
-    """Progress lines: printed, and appended to the run folder's plain-text log with a time stamp."""
-
-    def __init__(self, path: Path, echo=print):
-        self.path = Path(path)
-        self.echo = echo
-
-    def __call__(self, message: str) -> None:
-        self.echo(message)
-        self.to_file(message)
-
-    def to_file(self, message: str) -> None:
-        """Append the message's lines in one write; a full disk raises :class:`StorageError`, not a traceback.
-
-        On such a failure the log may end in a part of the last line (the lines before it are intact).
-        """
-        stamp = _dt.datetime.now().isoformat(timespec="seconds")
-        text = "".join(f"{stamp} {line}\n" for line in str(message).splitlines() or [""])
-        try:
-            with self.path.open("a") as handle:
-                handle.write(text)
-        except OSError as error:
-            raise StorageError(self.path, error, action="append to") from error
-
-
-def retrain_hint(run_dir: Path, network: Path, what: str = "--resume") -> str:
-    """How to train one network of a run anew: move its folder out of the run, then continue the run."""
-    aside = Path(run_dir).parent / f"{Path(run_dir).name}-{network.name}-unreadable"
-    command = f"{what} {run_dir}" if what == "--resume" else "the same command"
-    return f"mv {network} {aside}, then {command} again (only that network is trained again)"
