@@ -20,12 +20,16 @@ SPLITS = ("train", "validation", "test")
 #: Training losses (see :mod:`common.training.losses`): soft Dice, or soft Dice plus binary cross-entropy.
 LOSS_NAMES = ("dice", "dice+bce")
 
+#: The U-Net's dropout layers (:func:`common.training.models.build_unet`): ``SpatialDropout2D`` (the study's),
+#: ``Dropout``, or none.
+DROPOUT_KINDS = ("spatial", "standard", "none")
+
 #: How the experts' masks are learned: the registry of :mod:`common.strategies` itself (name -> strategy), so a
 #: strategy registered later is a choice too.
 STRATEGIES = _REGISTRY
 
 #: ``--distribute``: how each network's training uses the local devices (see
-#: ``common.training.trainer.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
+#: ``common.training.distribution.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
 #: what is trained.
 DISTRIBUTE_CHOICES = ("none", "mirrored")
 
@@ -171,7 +175,7 @@ class Settings:
             (:meth:`common.strategies.Strategy.check`).
         mixed_precision: compute in 16-bit floats where the hardware does it natively (bfloat16 on a
             CPU with AVX512-BF16 or AMX, float16 on a GPU), keeping the weights, the sigmoid output
-            and the losses in float32 (see ``common.training.trainer.precision_policy``). It changes the
+            and the losses in float32 (see ``common.training.precision.precision_policy``). It changes the
             arithmetic, so it is a setting recorded with the run, not a runtime option.
         convlstm_backwards: the ConvLSTM merge reads its two-step sequence (skip, upsampled) backwards,
             as the study's and BCDU-Net's code do (``go_backwards=True``): its last step, the one that
@@ -226,8 +230,9 @@ class Settings:
     samples: int = 16
 
     def __post_init__(self) -> None:
-        if self.dropout not in ("spatial", "standard", "none"):
-            raise ConfigError(f"dropout must be 'spatial', 'standard' or 'none', got {self.dropout!r}")
+        if self.dropout not in DROPOUT_KINDS:
+            kinds = ", ".join(map(repr, DROPOUT_KINDS[:-1])) + f" or {DROPOUT_KINDS[-1]!r}"
+            raise ConfigError(f"dropout must be {kinds}, got {self.dropout!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ConfigError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         for attr in ("input_size", "depth", "base_filters", "batch_size", "epochs"):

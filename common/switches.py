@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.spec import (
+    DROPOUT_KINDS,
     FIT_CHOICES,
     INITIALIZERS,
     KEEP_CHOICES,
@@ -34,7 +35,6 @@ from common.spec import (
 from common.strategies import loss_meanings, summaries
 
 PRESETS = ("default", "study", "demo")
-DROPOUT_KINDS = ("spatial", "standard", "none")
 
 
 def _on_off(text: str) -> bool:
@@ -44,6 +44,11 @@ def _on_off(text: str) -> bool:
     if value in ("off", "false", "no", "0"):
         return False
     raise ValueError(f"expected on or off, got {text!r}")
+
+
+def _either(values: tuple[str, ...]) -> str:
+    """``spatial, standard or none``: a choice's values in a help line."""
+    return ", ".join(values[:-1]) + f" or {values[-1]}"
 
 
 def _show_on_off(value: bool) -> str:
@@ -170,7 +175,14 @@ SWITCHES: dict[str, Switch] = {
         Switch("image_size", "input_size", _int(1), _plain, "N", "input size in pixels, a multiple of 2**depth"),
         Switch("depth", "depth", _int(1), _plain, "N", "number of poolings of the U-Net (deeper: larger context)"),
         Switch("base_filters", "base_filters", _int(1), _plain, "N", "filters of the first level, doubled per level"),
-        Switch("dropout", "dropout", _choice(DROPOUT_KINDS), str, "KIND", "spatial, standard or none"),
+        Switch(
+            "dropout",
+            "dropout",
+            _choice(DROPOUT_KINDS),
+            str,
+            "KIND",
+            ", ".join(DROPOUT_KINDS[:-1]) + f" or {DROPOUT_KINDS[-1]}",
+        ),
         Switch(
             "dropout_rate",
             "dropout_rate",

@@ -12,7 +12,7 @@ from common.cli import build_parser, resolve_settings
 from common.data.preprocessing import normalise_image
 from common.datasets import DATASETS, KIDNEY
 from common.runs.folder import network_files
-from common.spec import LOSS_NAMES, ConfigError, Settings
+from common.spec import ConfigError, Settings
 from common.strategies import STRATEGIES
 from common.switches import (
     PRESETS,
@@ -26,7 +26,7 @@ from common.switches import (
     show_value,
     switch,
 )
-from common.training.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss
+from common.training.losses import SoftDiceBCELoss, SoftDiceLoss
 from common.training.trainer import EpochRecorder, augmentation_of, build_model, training_dataset
 
 Kidney = importlib.import_module("Kidney")
@@ -82,6 +82,7 @@ def test_parse_value(name, text, value):
         ("ct_window", "40", "ct_window: expected LEVEL/WIDTH"),
         ("ct_window", "40/0", "ct_window: the window width must be > 0"),
         ("loss", "focal", "loss: expected one of dice, dice\\+bce"),
+        ("dropout", "gaussian", "dropout: expected one of spatial, standard, none, got 'gaussian'"),
         ("learning_rate", "0", "learning_rate: expected a number > 0"),
         ("patience", "-1", "patience: expected an integer >= 0"),
         ("rotation", "200", "rotation: expected a number >= 0 and <= 180"),
@@ -104,8 +105,16 @@ def test_show_round_trips(name):
     assert parse_value(name, show_value(name, value)) == value
 
 
-def test_loss_names_agree():
-    assert LOSS_NAMES == LOSSES
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dropout", "gaussian", "dropout must be 'spatial', 'standard' or 'none', got 'gaussian'"),
+        ("loss", "focal", "loss must be one of dice, dice\\+bce, got 'focal'"),
+    ],
+)
+def test_settings_refuse_an_unknown_kind(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        Kidney.STUDY.replace(**{field: value})
 
 
 def test_ct_window_on_mri_refused():

@@ -31,6 +31,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from common.spec import LOSS_NAMES
+
 #: Floor of a Dice denominator: keeps the unsmoothed Dice (``smooth = 0``) finite when both sums are 0.
 EPSILON = 1e-7
 
@@ -222,10 +224,6 @@ def dice_coefficient(y_true, y_pred, threshold: float = 0.5):
     return ops.where(both_empty, 1.0, 2.0 * intersection / ops.where(both_empty, 1.0, total))
 
 
-LOSSES = ("dice", "dice+bce")
-"""The values of the study's ``--loss`` switch, in the order ``make_loss`` documents them."""
-
-
 def make_loss(name: str, smooth: float = 1.0) -> keras.losses.Loss:
     """The training loss for a ``--loss`` value.
 
@@ -238,13 +236,14 @@ def make_loss(name: str, smooth: float = 1.0) -> keras.losses.Loss:
         A new loss instance (never shared between models).
 
     Raises:
-        ValueError: if ``name`` is not one of ``LOSSES``; the message names it and the valid ones.
+        ValueError: if ``name`` is not one of ``LOSS_NAMES`` (:mod:`common.spec`); the message names it and
+            the valid ones.
     """
     if name == "dice":
         return SoftDiceLoss(smooth)
     if name == "dice+bce":
         return SoftDiceBCELoss(smooth)
-    raise ValueError(f"make_loss: unknown loss {name!r}, expected one of {', '.join(map(repr, LOSSES))}")
+    raise ValueError(f"make_loss: unknown loss {name!r}, expected one of {', '.join(map(repr, LOSS_NAMES))}")
 
 
 def _split_heads(y_true, y_pred):
@@ -287,8 +286,10 @@ class MultiHeadLoss(keras.losses.Loss):
     epsilon = SoftDiceBCELoss.epsilon
 
     def __init__(self, loss: str = "dice", smooth: float = 1.0, name: str = "multi_head", **kwargs) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"MultiHeadLoss: unknown loss {loss!r}, expected one of {', '.join(map(repr, LOSSES))}")
+        if loss not in LOSS_NAMES:
+            raise ValueError(
+                f"MultiHeadLoss: unknown loss {loss!r}, expected one of {', '.join(map(repr, LOSS_NAMES))}"
+            )
         if not float(smooth) >= 0.0:
             raise ValueError(f"MultiHeadLoss: smooth must be >= 0, got {smooth}")
         super().__init__(name=name, **kwargs)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-DROPOUT_KINDS = ("spatial", "standard", "none")
+from common.spec import DROPOUT_KINDS
+
 #: ``initializer`` -> the kernel initialiser of the 3x3, transposed and ConvLSTM input convolutions.
 INITIALIZERS = {"glorot": "glorot_uniform", "he": "he_normal"}
 #: The output layer's activations (a strategy chooses: :meth:`common.strategies.Strategy.activation`).

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from helpers import gradient
 
-from common.training.losses import LOSSES, SoftDiceBCELoss, SoftDiceLoss, dice_coefficient, make_loss
+from common.spec import LOSS_NAMES
+from common.training.losses import SoftDiceBCELoss, SoftDiceLoss, dice_coefficient, make_loss
 
 pytestmark = pytest.mark.backend  # CI runs this file on TensorFlow, JAX and PyTorch
 
@@ -342,9 +343,9 @@ def test_make_loss(name, cls):
     assert make_loss(name) is not loss  # a fresh instance per call
 
 
-def test_losses_lists_the_switch_values_and_make_loss_knows_them_all():
-    assert LOSSES == ("dice", "dice+bce")
-    assert [type(make_loss(name)) for name in LOSSES] == [SoftDiceLoss, SoftDiceBCELoss]
+def test_make_loss_knows_every_value_of_the_loss_switch():
+    assert LOSS_NAMES == ("dice", "dice+bce")
+    assert [type(make_loss(name)) for name in LOSS_NAMES] == [SoftDiceLoss, SoftDiceBCELoss]
 
 
 @pytest.mark.parametrize("name", ["bce", "Dice", "dice + bce", ""])
