@@ -2,8 +2,8 @@
 
 import pytest
 
+from common.data.demo.generate import ensure_demo_dataset
 from common.datasets import DATASETS
-from common.demo import ensure_demo_dataset
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A brain-growth demo dataset drawn from a real MRI template, in the exact QUBIQ layout.
 
-Where :mod:`common.demo` paints phantoms, this module starts from real anatomy: axial slices of
+Where :mod:`common.data.demo` paints phantoms, this module starts from real anatomy: axial slices of
 the MNI ICBM 152 non-linear symmetric 2009a template (skull-stripped T1 and its grey- and
 white-matter probability maps), shipped as ``common/data/assets/mni152_slices.npz`` (derived once with
 ``tools/derive_mni152_slices.py``; licence and source in ``common/data/assets/MNI152_LICENSE.txt``).
@@ -54,18 +54,11 @@ import numpy as np
 from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.transform import warp
 
-from common.demo import (
-    MARKER_DIR,
-    case_folder_name,
-    case_numbers,
-    dataset_folders,
-    generate_into_place,
-    mask_file_name,
-    project_specs,
-    save_nifti,
-    smooth_field,
-    split_folder,
-)
+from common.data.demo.generate import project_specs
+from common.data.demo.layout import case_folder_name, case_numbers, dataset_folders, mask_file_name, split_folder
+from common.data.demo.once import MARKER_DIR, generate_into_place
+from common.data.demo.shapes import smooth_field
+from common.data.demo.writer import save_nifti
 from common.spec import SPLITS, ConfigError, DatasetSpec
 
 #: The derived template slices (see ``tools/derive_mni152_slices.py``) and their licence.

@@ -1,7 +1,7 @@
 """A synthetic stand-in for the 2021 release's two 3D CT sets (pancreas, pancreatic lesion), in its layout.
 
 The real volumes cannot be redistributed, so the CPU demo (``Pancreas.py --demo``,
-``Pancreatic_Lesion.py --demo``) draws its own, the way :mod:`common.demo` draws the 2D sets: a random
+``Pancreatic_Lesion.py --demo``) draws its own, the way :mod:`common.data.demo` draws the 2D sets: a random
 smooth "true" shape (a level-set function, positive inside, in pixel units) with abdominal context
 around it, and one binary mask per rater drawn from that shape with the rater's consistent bias (one
 a bit tighter, one looser, the same in every volume) plus a smooth random boundary deformation per
@@ -67,15 +67,11 @@ if __name__ == "__main__":  # the command line: small matrix products; idle BLAS
 import nibabel as nib
 import numpy as np
 
-from common.demo import (
-    MARKER_DIR,
-    _basis,
-    _rng,
-    expert_biases,
-    generate_into_place,
-    mask_file_name,
-    write_pipelined,
-)
+from common.data.demo.experts import expert_biases
+from common.data.demo.layout import mask_file_name
+from common.data.demo.once import MARKER_DIR, generate_into_place
+from common.data.demo.shapes import _basis, _rng
+from common.data.demo.writer import write_pipelined
 from common.spec import RELEASES, SPLIT_LEVELS, SPLITS, ConfigError, DatasetSpec
 
 #: Bump when a change makes the generated data differ; a marker of another version is regenerated.
@@ -265,7 +261,7 @@ class Ellipsoid:
 
     ``rz`` None: a cylinder through every slice; else an ellipsoid spanning ``cz +- rz`` slices. ``sdf`` is
     positive inside and about the in-plane distance to the boundary in pixels (along the ray from the
-    centre, as common.demo's ``Blob``), so biases, rims and walls are in pixels.
+    centre, as common.data.demo's ``Blob``), so biases, rims and walls are in pixels.
     """
 
     cz: float
@@ -709,7 +705,7 @@ def ensure_volume_demo(spec: DatasetSpec, root: Path, seed: int, counts: Mapping
 
     Nothing happens when ``root/.demo/<name>-2021.json`` says this dataset, seed, counts, spec and
     generator version are complete. Otherwise it is generated into a temporary folder inside
-    ``root/.demo`` and renamed into place (common.demo's mechanism, :func:`common.demo.generate_into_place`);
+    ``root/.demo`` and renamed into place (the 2D demo's mechanism, :func:`common.data.demo.once.generate_into_place`);
     the marker says complete only after that. Folders that marker lists (an earlier generation with
     another seed, counts, spec or version, or an interrupted one) are replaced; a dataset folder it does
     not list (the real release, data of your own) is never touched: ``FileExistsError``. ``counts``

@@ -1,4 +1,5 @@
-"""The synthetic QUBIQ demo data (common/demo.py): layout, quirks, determinism, generate-once.
+"""The synthetic QUBIQ demo data (common/data/demo/; the command common/demo.py): layout, quirks, determinism,
+generate-once.
 
 Kept cheap: the full kidney and brain-tumor datasets are generated once per session (a few
 seconds); prostate quirks are checked on one reduced generation (fewer cases, same quirks).
@@ -16,9 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common import demo
+from common import demo as command
+from common.data.demo import designs, generate, layout, once, writer
 
-SPECS = demo.project_specs()
+SPECS = generate.project_specs()
 KIDNEY, TUMOR, PROSTATE = SPECS["kidney"], SPECS["brain-tumor"], SPECS["prostate"]
 SMALL_KIDNEY = dataclasses.replace(KIDNEY, n_train=2, n_validation=1, n_test=1, n_held_out=1)
 SMALL_PROSTATE = dataclasses.replace(PROSTATE, n_train=6, n_validation=1, n_test=1, n_held_out=1)
@@ -50,20 +52,20 @@ def root(tmp_path_factory) -> Path:
     """kidney and brain-tumor at full size, into one root."""
     out = tmp_path_factory.mktemp("demo")
     for spec in (KIDNEY, TUMOR):
-        demo.generate_dataset(spec, out, seed=0)
+        generate.generate_dataset(spec, out, seed=0)
     return out
 
 
 @pytest.fixture(scope="module")
 def prostate_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prostate")
-    demo.generate_dataset(SMALL_PROSTATE, out, seed=0)
+    generate.generate_dataset(SMALL_PROSTATE, out, seed=0)
     return out
 
 
 def test_project_specs_are_the_four_scripts():
     assert set(SPECS) == {"brain-growth", "brain-tumor", "kidney", "prostate"}
-    assert set(demo.DESIGNS) == set(SPECS)
+    assert set(designs.DESIGNS) == set(SPECS)
 
 
 @pytest.mark.parametrize("spec", [KIDNEY, TUMOR], ids=lambda s: s.name)
@@ -74,7 +76,7 @@ def test_layout_and_counts_match_the_spec(root, spec):
         "validation": root / "validation_data_v2" / spec.name / "Validation",
         "test": root / "test" / spec.name / "Testing",
     }
-    assert demo.split_folder(spec, root, "train") == train
+    assert layout.split_folder(spec, root, "train") == train
     expected = {
         "train": list(range(1, spec.n_train + 1)),
         "validation": list(range(spec.n_train + 1, spec.n_train + spec.n_validation + 1)),
@@ -108,8 +110,8 @@ def test_layout_and_counts_match_the_spec(root, spec):
 
 @pytest.mark.parametrize("spec", [KIDNEY, TUMOR], ids=lambda s: s.name)
 def test_files_hold_binary_masks_identity_affine_and_match_generate_case(root, spec):
-    case = demo.split_folder(spec, root, "validation") / f"case{spec.n_train + 1:02d}"
-    image, masks = demo.generate_case(spec, 0, spec.n_train + 1)
+    case = layout.split_folder(spec, root, "validation") / f"case{spec.n_train + 1:02d}"
+    image, masks = generate.generate_case(spec, 0, spec.n_train + 1)
     img = nib.load(str(case / "image.nii.gz"))
     assert np.array_equal(img.affine, np.eye(4))
     assert np.array_equal(np.asarray(img.dataobj), image)
@@ -123,28 +125,28 @@ def test_files_hold_binary_masks_identity_affine_and_match_generate_case(root, s
 def test_mask_dtypes_vary_between_files(root):
     dtypes = set()
     for spec in (KIDNEY, TUMOR):
-        for case in case_dirs(demo.split_folder(spec, root, "train"))[:2]:
+        for case in case_dirs(layout.split_folder(spec, root, "train"))[:2]:
             for f in case.glob("task*_seg*.nii.gz"):
                 dtypes.add(nib.load(str(f)).get_data_dtype().name)
     assert dtypes == {"uint8", "float32"}
 
 
 def test_same_seed_same_arrays_other_seed_differs():
-    a_img, a_masks = demo.generate_case(KIDNEY, 0, 3)
-    b_img, b_masks = demo.generate_case(KIDNEY, 0, 3)
-    c_img, c_masks = demo.generate_case(KIDNEY, 1, 3)
+    a_img, a_masks = generate.generate_case(KIDNEY, 0, 3)
+    b_img, b_masks = generate.generate_case(KIDNEY, 0, 3)
+    c_img, c_masks = generate.generate_case(KIDNEY, 1, 3)
     assert np.array_equal(a_img, b_img)
     assert all(np.array_equal(a_masks[1][e], b_masks[1][e]) for e in a_masks[1])
     assert not np.array_equal(a_img, c_img)
     assert not np.array_equal(a_masks[1][1], c_masks[1][1])
     # another case of the same dataset, or the same case number of another dataset, differs too
-    assert not np.array_equal(a_img, demo.generate_case(KIDNEY, 0, 4)[0])
+    assert not np.array_equal(a_img, generate.generate_case(KIDNEY, 0, 4)[0])
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    demo.generate_dataset(SMALL_KIDNEY, first, seed=5)
-    demo.generate_dataset(SMALL_KIDNEY, second, seed=5)
+    generate.generate_dataset(SMALL_KIDNEY, first, seed=5)
+    generate.generate_dataset(SMALL_KIDNEY, second, seed=5)
     files = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
     assert files == sorted(p.relative_to(second) for p in second.rglob("*.nii.gz"))
     assert files and all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
@@ -160,14 +162,14 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     ],
 )
 def test_nifti_bytes_are_what_nibabel_writes(arr):
-    assert demo.nifti_bytes(arr) == nib.Nifti1Image(arr, np.eye(4)).to_bytes()
+    assert writer.nifti_bytes(arr) == nib.Nifti1Image(arr, np.eye(4)).to_bytes()
 
 
 def test_brain_tumor_channels_nested_tasks_and_empty_enhancing(root):
     empty = {"train": 0, "validation": 0}
     non_empty = 0
     for split in empty:
-        for case in case_dirs(demo.split_folder(TUMOR, root, split)):
+        for case in case_dirs(layout.split_folder(TUMOR, root, split)):
             image = load(case / "image.nii.gz")
             assert image.shape == (240, 240, 4) and image.dtype == np.int16
             # four different sequences, not one copied four times
@@ -193,7 +195,7 @@ def test_brain_tumor_channels_nested_tasks_and_empty_enhancing(root):
 def test_brain_tumor_sequences_show_the_regions(root):
     """FLAIR: whole tumour brighter than the brain; T1c: the enhancing part brightest."""
     flair_gap, t1c_gap = [], []
-    for case in case_dirs(demo.split_folder(TUMOR, root, "train")):
+    for case in case_dirs(layout.split_folder(TUMOR, root, "train")):
         image = load(case / "image.nii.gz").astype(float)
         masks = masks_of(case)
         whole = np.mean([m > 0 for m in masks[1].values()], axis=0) >= 1
@@ -209,7 +211,7 @@ def test_brain_tumor_sequences_show_the_regions(root):
 def test_prostate_singleton_axis_tall_images_and_one_case_with_five_experts(prostate_root):
     shapes, experts = [], {}
     for split in ("train", "validation"):
-        for case in case_dirs(demo.split_folder(SMALL_PROSTATE, prostate_root, split)):
+        for case in case_dirs(layout.split_folder(SMALL_PROSTATE, prostate_root, split)):
             image = load(case / "image.nii.gz")
             assert image.ndim == 3 and image.shape[2] == 1
             shapes.append(image.shape)
@@ -228,7 +230,7 @@ def test_prostate_singleton_axis_tall_images_and_one_case_with_five_experts(pros
 
 
 def test_prostate_plan_of_the_full_dataset():
-    _, plan = demo.case_plan(PROSTATE, 0)
+    _, plan = generate.case_plan(PROSTATE, 0)
     tall = [n for n, p in plan.items() if p["shape"] == (960, 640)]
     assert 0.1 <= len(tall) / len(plan) <= 0.3
     assert any(plan[n]["split"] == "train" for n in tall)
@@ -239,7 +241,7 @@ def test_prostate_plan_of_the_full_dataset():
 
 def test_kidney_is_int16_hounsfield_and_needs_a_window(root):
     stats = []
-    for case in case_dirs(demo.split_folder(KIDNEY, root, "train")):
+    for case in case_dirs(layout.split_folder(KIDNEY, root, "train")):
         image = load(case / "image.nii.gz")
         assert image.dtype == np.int16 and image.shape == (497, 497)
         assert image.min() == -1024 and image.max() <= 1051
@@ -266,7 +268,7 @@ def test_kidney_is_int16_hounsfield_and_needs_a_window(root):
 @pytest.mark.parametrize("spec", [KIDNEY, TUMOR], ids=lambda s: s.name)
 def test_experts_disagree_at_the_boundary_but_agree_mostly(root, spec):
     largest, rim = [], []
-    for case in case_dirs(demo.split_folder(spec, root, "train")):
+    for case in case_dirs(layout.split_folder(spec, root, "train")):
         masks = masks_of(case)[1]
         experts = list(masks.values())
         assert any(not np.array_equal(experts[0], m) for m in experts[1:])
@@ -285,7 +287,7 @@ def test_experts_disagree_at_the_boundary_but_agree_mostly(root, spec):
 
 def test_cases_differ_in_size_and_contrast(root):
     areas, contrast = [], []
-    for case in case_dirs(demo.split_folder(KIDNEY, root, "train")):
+    for case in case_dirs(layout.split_folder(KIDNEY, root, "train")):
         image = load(case / "image.nii.gz").astype(float)
         g = np.mean([m > 0 for m in masks_of(case)[1].values()], axis=0)
         areas.append((g > 0).sum())
@@ -296,10 +298,10 @@ def test_cases_differ_in_size_and_contrast(root):
 
 def test_ensure_generates_once(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    assert demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0) == root
+    assert generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0) == root
     marker = root / ".demo" / "kidney.json"
     info = json.loads(marker.read_text())
-    assert info["complete"] and info["seed"] == 0 and info["generator_version"] == demo.GENERATOR_VERSION
+    assert info["complete"] and info["seed"] == 0 and info["generator_version"] == generate.GENERATOR_VERSION
     assert info["counts"] == {"train": 2, "validation": 1, "test": 1}
     image = root / "training_data_v2" / "kidney" / "case01" / "image.nii.gz"
     before = (image.stat().st_mtime_ns, marker.stat().st_mtime_ns)
@@ -308,22 +310,22 @@ def test_ensure_generates_once(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(demo, "generate_dataset", fail)
-    demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
+    monkeypatch.setattr(generate, "generate_dataset", fail)
+    generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
     assert (image.stat().st_mtime_ns, marker.stat().st_mtime_ns) == before
     with pytest.raises(AssertionError, match="regenerated"):  # another seed does regenerate
-        demo.ensure_demo_dataset(SMALL_KIDNEY, root, 1)
+        generate.ensure_demo_dataset(SMALL_KIDNEY, root, 1)
 
 
 def test_ensure_replaces_its_own_output_for_another_seed(tmp_path):
     root = tmp_path / "data"
-    demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
+    generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
     image = root / "training_data_v2" / "kidney" / "case01" / "image.nii.gz"
     first = load(image)
-    demo.ensure_demo_dataset(SMALL_KIDNEY, root, 1)
+    generate.ensure_demo_dataset(SMALL_KIDNEY, root, 1)
     assert json.loads((root / ".demo" / "kidney.json").read_text())["seed"] == 1
     assert not np.array_equal(first, load(image))
-    assert np.array_equal(load(image), demo.generate_case(SMALL_KIDNEY, 1, 1)[0])
+    assert np.array_equal(load(image), generate.generate_case(SMALL_KIDNEY, 1, 1)[0])
 
 
 def test_ensure_refuses_to_overwrite_a_foreign_folder(tmp_path):
@@ -332,18 +334,18 @@ def test_ensure_refuses_to_overwrite_a_foreign_folder(tmp_path):
     foreign.mkdir(parents=True)
     (foreign / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="validation_data_v2/kidney"):
-        demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
+        generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
     assert (foreign / "mine.txt").read_text() == "keep me"
     assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
     assert not (root / "training_data_v2" / "kidney").exists()
     assert not (root / ".demo" / "kidney.json").exists()
     with pytest.raises(FileExistsError):  # the low-level writer refuses too
-        demo.generate_dataset(SMALL_KIDNEY, root, 0)
+        generate.generate_dataset(SMALL_KIDNEY, root, 0)
 
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    real = demo.save_nifti
+    real = generate.save_nifti
     calls = {"n": 0}
 
     def flaky(arr, path):
@@ -352,12 +354,12 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
             raise KeyboardInterrupt
         real(arr, path)
 
-    monkeypatch.setattr(demo, "save_nifti", flaky)
+    monkeypatch.setattr(generate, "save_nifti", flaky)
     with pytest.raises(KeyboardInterrupt):
-        demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
+        generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
     assert not (root / "training_data_v2" / "kidney").exists()
     assert not json.loads((root / ".demo" / "kidney.json").read_text())["complete"]
-    monkeypatch.setattr(demo, "save_nifti", real)
+    monkeypatch.setattr(generate, "save_nifti", real)
 
     # interrupted while moving the finished folders into place: the marker does not say complete
     real_rename = os.rename
@@ -369,34 +371,34 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
             raise KeyboardInterrupt
         real_rename(src, dst)
 
-    monkeypatch.setattr(demo.os, "rename", flaky_rename)
+    monkeypatch.setattr(once.os, "rename", flaky_rename)
     with pytest.raises(KeyboardInterrupt):
-        demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
-    monkeypatch.setattr(demo.os, "rename", real_rename)
+        generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)
+    monkeypatch.setattr(once.os, "rename", real_rename)
     assert (root / "training_data_v2" / "kidney").exists()  # one folder moved, the others not
     assert not json.loads((root / ".demo" / "kidney.json").read_text())["complete"]
     assert not [p for p in (root / ".demo").iterdir() if p.name.startswith("tmp-")]
 
-    demo.ensure_demo_dataset(SMALL_KIDNEY, root, 0)  # recognises its own half-moved output
+    generate.ensure_demo_dataset(SMALL_KIDNEY, root, 0)  # recognises its own half-moved output
     assert json.loads((root / ".demo" / "kidney.json").read_text())["complete"]
     assert len(case_dirs(root / "training_data_v2" / "kidney")) == 2
     assert len(case_dirs(root / "test" / "kidney" / "Testing")) == 1
 
 
 def test_main_generates_the_named_datasets(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "project_specs", lambda: {"kidney": SMALL_KIDNEY, "prostate": SMALL_PROSTATE})
+    monkeypatch.setattr(command, "project_specs", lambda: {"kidney": SMALL_KIDNEY, "prostate": SMALL_PROSTATE})
     out = tmp_path / "out"
-    assert demo.main(["--out", str(out), "--seed", "2", "--datasets", "kidney"]) == 0
+    assert command.main(["--out", str(out), "--seed", "2", "--datasets", "kidney"]) == 0
     assert (out / ".demo" / "kidney.json").is_file()
     assert not (out / "training_data_v2" / "prostate").exists()
     assert "kidney" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        demo.main(["--out", str(out), "--datasets", "liver"])
+        command.main(["--out", str(out), "--datasets", "liver"])
 
 
 def test_other_image_shapes_scale_the_phantoms():
     for spec in SPECS.values():
         small = dataclasses.replace(spec, image_shape=(64, 80))
-        image, masks = demo.generate_case(small, 0, 1)
+        image, masks = generate.generate_case(small, 0, 1)
         assert image.shape[:2] == (64, 80)
         assert all(m.shape[:2] == (64, 80) and (m > 0).any() for m in masks[1].values())

@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common import demo
 from common.data import volume_demo as vd
+from common.data.demo.generate import project_specs
 from common.datasets import KIDNEY, PANCREAS, PANCREATIC_LESION
 from common.spec import ConfigError
 
@@ -195,7 +195,7 @@ def test_refuses_2d_and_unknown_specs():
         vd.check_volume_spec(dataclasses.replace(PANCREAS.spec, name="liver"))
     with pytest.raises(ConfigError, match="counts"):
         vd.demo_counts(PANCREAS.spec, {"training": 2})
-    assert not any(spec.slice_axis is not None for spec in demo.project_specs().values())
+    assert not any(spec.slice_axis is not None for spec in project_specs().values())
 
 
 def test_command_line(tmp_path, monkeypatch, capsys):
