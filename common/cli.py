@@ -369,7 +369,7 @@ def prepare_demo(spec: DatasetSpec, kind: str, root: Path, seed: int) -> None:
         print(f"demo data: {root} ({spec.name} CT volumes in the 2021 layout, generated once from seed {seed})")
         ensure_volume_demo(spec, root, seed)
     else:
-        from common.demo import ensure_demo_data
+        from common.data.demo.generate import ensure_demo_data
 
         print(f"demo data: {root} (all four datasets, generated once from seed {seed})")
         ensure_demo_data(root, seed, extra=spec)
