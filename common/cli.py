@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from common.choices import DISTRIBUTE_CHOICES
 from common.runs.folder import CONFIG_FILE
-from common.spec import DISTRIBUTE_CHOICES, RELEASE_NAMES, ConfigError, DatasetSpec, Settings
+from common.spec import RELEASE_NAMES, ConfigError, DatasetSpec, Settings
 from common.switches import PRESETS, SWITCHES, Switch, apply_switches, preset
 
 DEFAULT_DATA_ROOT = Path("Project_data")

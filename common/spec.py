@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from common.choices import DROPOUT_KINDS, FIT_CHOICES, INITIALIZERS, KEEP_CHOICES, LOSS_NAMES
 from common.errors import ConfigError
 from common.strategies import STRATEGIES as _REGISTRY
 from common.strategies import STUDY_STRATEGY as _STUDY_STRATEGY
@@ -17,21 +18,9 @@ from common.strategies import strategy as _strategy
 
 SPLITS = ("train", "validation", "test")
 
-#: Training losses (see :mod:`common.training.losses`): soft Dice, or soft Dice plus binary cross-entropy.
-LOSS_NAMES = ("dice", "dice+bce")
-
-#: The U-Net's dropout layers (:func:`common.training.models.build_unet`): ``SpatialDropout2D`` (the study's),
-#: ``Dropout``, or none.
-DROPOUT_KINDS = ("spatial", "standard", "none")
-
 #: How the experts' masks are learned: the registry of :mod:`common.strategies` itself (name -> strategy), so a
 #: strategy registered later is a choice too.
 STRATEGIES = _REGISTRY
-
-#: ``--distribute``: how each network's training uses the local devices (see
-#: ``common.training.distribution.distribution_strategy``). A runtime option, not a setting: it changes the speed, not
-#: what is trained.
-DISTRIBUTE_CHOICES = ("none", "mirrored")
 
 #: The QUBIQ releases as distributed: release -> split -> the accepted names of the split's top folder,
 #: preferred first (``<root>/<top>/<dataset>/[<level>/]caseNN``). 2021 is handed out as ``*_QC`` zips; the
@@ -130,11 +119,6 @@ class DatasetSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-#: ``Settings.initializer``, ``Settings.keep`` and ``Settings.fit`` values.
-INITIALIZERS = ("glorot", "he")
-KEEP_CHOICES = ("last", "best")
-FIT_CHOICES = ("crop", "resample")
 
 #: What a run written before these settings existed did (they came with the study's exact procedure,
 #: whose values are now the defaults): ``Settings.from_dict`` fills them in for an old ``config.json``.

@@ -21,12 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.choices import DROPOUT_KINDS, FIT_CHOICES, INITIALIZERS, KEEP_CHOICES, LOSS_NAMES
 from common.spec import (
-    DROPOUT_KINDS,
-    FIT_CHOICES,
-    INITIALIZERS,
-    KEEP_CHOICES,
-    LOSS_NAMES,
     STRATEGIES,
     ConfigError,
     DatasetSpec,
@@ -181,7 +177,7 @@ SWITCHES: dict[str, Switch] = {
             _choice(DROPOUT_KINDS),
             str,
             "KIND",
-            ", ".join(DROPOUT_KINDS[:-1]) + f" or {DROPOUT_KINDS[-1]}",
+            _either(DROPOUT_KINDS),
         ),
         Switch(
             "dropout_rate",

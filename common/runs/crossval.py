@@ -50,13 +50,12 @@ from common.runs.folder import RESULTS_FILE as FOLD_RESULTS_FILE
 from common.runs.gather import gather_run
 from common.runs.log import RunLog
 from common.runs.pipeline import run_plan
-from common.runs.plan import RunOptions, check_experts, check_groups, check_task, run_record
+from common.runs.plan import ROLES, RunOptions, check_experts, check_roles, check_task, run_record
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.storage import write_json
 from common.strategies import strategy
 
 RESULTS_FILE = CV_RESULTS_FILE  # what a cross-validation folder calls its results
-ROLES = ("train", "validation", "held_out")
 
 
 def make_folds(case_ids: list[str], folds: int, seed: int, validation_fraction: float) -> list[dict[str, list[str]]]:
@@ -107,13 +106,7 @@ def check_folds(folds: list[dict[str, list[str]]], case_ids: list[str] | None = 
     for k, fold in enumerate(folds, start=1):
         if set(fold) != set(ROLES):
             raise ConfigError(f"{where}: fold {k} must have exactly the keys {', '.join(ROLES)}, has {sorted(fold)}")
-        for a, b in (("train", "validation"), ("train", "held_out"), ("validation", "held_out")):
-            both = sorted(set(fold[a]) & set(fold[b]), key=natural_key)
-            if both:
-                raise ConfigError(f"{where}: fold {k} puts case(s) {', '.join(both)} in both {a} and {b}")
-        if not fold["train"] or not fold["held_out"]:
-            raise ConfigError(f"{where}: fold {k} needs at least one training and one held-out case")
-        check_groups(fold, f"{where}: fold {k}")
+        check_roles(fold, f"{where}: fold {k}")
         for case_id in fold["held_out"]:
             held_count[case_id] = held_count.get(case_id, 0) + 1
     twice = sorted((c for c, n in held_count.items() if n > 1), key=natural_key)

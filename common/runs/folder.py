@@ -68,10 +68,6 @@ def fold_folder(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / f"fold{fold}"
 
 
-def expert_name(expert: int) -> str:
-    return f"seg{expert:02d}"
-
-
 def new_run_dir(base: Path) -> Path:
     """``base``, or ``base-2``, ``base-3`` ... whichever does not exist yet: never an earlier run's folder."""
     candidate, number = base, 1

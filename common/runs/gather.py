@@ -39,7 +39,6 @@ from common.runs.folder import (
     PREDICTIONS_FOLDER,
     RESULT_FILE,
     RESULTS_FILE,
-    expert_name,
     missing_networks,
     network_files,
     network_folder,
@@ -51,6 +50,7 @@ from common.runs.jobs import gather_command, job_command
 from common.runs.log import RunLog
 from common.spec import ConfigError, DatasetSpec, Settings
 from common.storage import write_atomic, write_json
+from common.strategies import expert_name
 
 
 def spec_from_config(config: dict) -> DatasetSpec:

@@ -10,18 +10,20 @@ what the run folder's ``config.json`` records, written before any network trains
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from common.data.cases import Case, DataError, case_group, discover_cases, grouped
+from common.data.cases import Case, DataError, case_group, discover_cases, grouped, natural_key
 from common.data.check import CheckedData
-from common.runs.folder import _json_ready, expert_name
+from common.runs.folder import _json_ready
 from common.spec import ConfigError, DatasetSpec, Settings
-from common.strategies import Network, strategy
+from common.strategies import Network, expert_name, strategy
 
+#: The roles a case plays in a run's split and in a cross-validation fold.
 ROLES = ("train", "validation", "held_out")
 
 
@@ -137,14 +139,20 @@ def check_split(split: dict[str, list[str]], cases: list[Case]) -> dict[str, lis
     unknown = sorted(set().union(*roles.values()) - set(ids))
     if unknown:
         raise DataError(f"the split names case(s) not found in the data: {', '.join(unknown)}")
-    for a, b in (("train", "validation"), ("train", "held_out"), ("validation", "held_out")):
-        both = sorted(set(roles[a]) & set(roles[b]))
-        if both:
-            raise ConfigError(f"the split puts case(s) {', '.join(both)} in both {a} and {b}")
-    if not roles["train"] or not roles["held_out"]:
-        raise ConfigError("the split needs at least one training case and one held-out case")
-    check_groups(roles, "the split")
+    check_roles(roles, "the split")
     return roles
+
+
+def check_roles(roles: dict[str, list[str]], where: str) -> None:
+    """One split's or fold's roles: no case in two of them, something to train on and to score, and no
+    ``case<N>`` group on both sides (:func:`check_groups`). ``where`` starts each refusal."""
+    for a, b in itertools.combinations(ROLES, 2):
+        both = sorted(set(roles[a]) & set(roles[b]), key=natural_key)
+        if both:
+            raise ConfigError(f"{where} puts case(s) {', '.join(both)} in both {a} and {b}")
+    if not roles["train"] or not roles["held_out"]:
+        raise ConfigError(f"{where} needs at least one training case and one held-out case")
+    check_groups(roles, where)
 
 
 @dataclass

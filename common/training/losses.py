@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from common.spec import LOSS_NAMES
+from common.choices import LOSS_NAMES
 
 #: Floor of a Dice denominator: keeps the unsmoothed Dice (``smooth = 0``) finite when both sums are 0.
 EPSILON = 1e-7
@@ -236,7 +236,7 @@ def make_loss(name: str, smooth: float = 1.0) -> keras.losses.Loss:
         A new loss instance (never shared between models).
 
     Raises:
-        ValueError: if ``name`` is not one of ``LOSS_NAMES`` (:mod:`common.spec`); the message names it and
+        ValueError: if ``name`` is not one of ``LOSS_NAMES`` (:mod:`common.choices`); the message names it and
             the valid ones.
     """
     if name == "dice":

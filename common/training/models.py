@@ -15,10 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from common.spec import DROPOUT_KINDS
+from common.choices import DROPOUT_KINDS, INITIALIZERS
 
-#: ``initializer`` -> the kernel initialiser of the 3x3, transposed and ConvLSTM input convolutions.
-INITIALIZERS = {"glorot": "glorot_uniform", "he": "he_normal"}
 #: The output layer's activations (a strategy chooses: :meth:`common.strategies.Strategy.activation`).
 ACTIVATIONS = ("sigmoid", "softmax")
 

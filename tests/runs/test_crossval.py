@@ -19,6 +19,7 @@ from common.runs.crossval import (
     validation_fraction,
     write_splits,
 )
+from common.runs.plan import check_roles
 from common.spec import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,34 @@ GOOD = [
 def test_check_folds_refuses(folds, cases, message):
     with pytest.raises(ConfigError, match=message):
         check_folds(folds, cases)
+
+
+def roles(train, validation, held_out):
+    return {"train": train, "validation": validation, "held_out": held_out}
+
+
+BOTH_ROLES = "needs at least one training case and one held-out case"
+
+
+@pytest.mark.parametrize(
+    "roles, message",
+    [
+        (
+            roles(["case10", "case2"], ["case2", "case10"], ["case3"]),
+            r"puts case\(s\) case2, case10 in both train and validation",
+        ),
+        (roles(["case1"], ["case4"], ["case4"]), r"puts case\(s\) case4 in both validation and held_out"),
+        (roles([], ["case1"], ["case2"]), BOTH_ROLES),
+        (roles(["case1"], [], []), BOTH_ROLES),
+        (roles(["case1-1"], [], ["case1-2"]), "holds out case1-2 but puts case1-1 in train"),
+    ],
+)
+def test_a_split_and_a_fold_are_refused_alike(roles, message):
+    """One check for a run's split and a fold: the same refusal, started by where it was found."""
+    with pytest.raises(ConfigError, match=f"^the split {message}"):
+        check_roles(roles, "the split")
+    with pytest.raises(ConfigError, match=f"^splits: fold 2 {message}"):
+        check_folds([GOOD[0], roles])
 
 
 def test_splits_file_round_trip(tmp_path):

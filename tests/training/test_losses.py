@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import gradient
 
-from common.spec import LOSS_NAMES
+from common.choices import LOSS_NAMES
 from common.training.losses import SoftDiceBCELoss, SoftDiceLoss, dice_coefficient, make_loss
 
 pytestmark = pytest.mark.backend  # CI runs this file on TensorFlow, JAX and PyTorch
