@@ -214,9 +214,8 @@ def open_experiment(
 ) -> tuple[Path, list[dict]]:
     """The experiment folder and its folds: resumed (its record must match), or new, with every file every
     variant reads checked and ``experiment.json`` and ``splits.json`` written before any variant trains."""
-    from common.data.cases import discover_cases
     from common.data.check import check_run_data
-    from common.runs.crossval import check_folds, make_folds, read_splits, validation_fraction
+    from common.runs.crossval import check_folds, make_folds, pooled_cases, read_splits, validation_fraction
     from common.runs.folder import new_run_dir, prepare_run_dir
     from common.storage import write_json
     from common.strategies import strategy
@@ -235,9 +234,7 @@ def open_experiment(
         return out, read_splits(out / SPLITS_FILE, spec.name)
     release = options.release
     problems: list[str] = []  # a case folder without its image: listed by the data check with the rest
-    cases = discover_cases(data_root, spec.name, "train", release=release, problems=problems) + discover_cases(
-        data_root, spec.name, "validation", release=release, problems=problems
-    )
+    cases = pooled_cases(data_root, spec.name, release, problems)
     # every file every variant reads, checked before the experiment folder is created (common.data.check)
     check_run_data(
         spec,

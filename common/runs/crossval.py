@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.cases import DataError, discover_cases, grouped, natural_key
+from common.data.cases import Case, DataError, discover_cases, grouped, natural_key
 from common.evaluation.report import uncertainty_line, versions
 from common.evaluation.uncertainty import mean_metrics
 from common.runs.folder import (
@@ -142,6 +142,21 @@ def read_splits(path: Path, dataset: str, case_ids: list[str] | None = None) -> 
 
 #: The validation share of a dataset whose release does not publish its validation count (the 2021 3D sets).
 UNKNOWN_VALIDATION_FRACTION = 0.15
+
+
+def pooled_cases(data_root: Path, dataset: str, release: str | None, problems: list[str]) -> list[Case]:
+    """The training and the validation folders' cases together: what cross-validation splits into folds.
+
+    Their names must be unique across the two folders (a fold names a case by its folder's name alone);
+    a case folder without its image goes to ``problems`` for the data check to list with the rest.
+    """
+    cases = discover_cases(data_root, dataset, "train", release=release, problems=problems) + discover_cases(
+        data_root, dataset, "validation", release=release, problems=problems
+    )
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise DataError("the training and validation folders share case names; cross-validation needs unique names")
+    return cases
 
 
 def validation_fraction(spec: DatasetSpec) -> float:
@@ -264,12 +279,8 @@ def plan_folds(
     problems: list[str] = []  # a case folder without its image: listed by the data check with the rest
     with collected_warnings(found, options.log):
         source = find_release(data_root, release)
-        cases = discover_cases(data_root, spec.name, "train", release=release, problems=problems) + discover_cases(
-            data_root, spec.name, "validation", release=release, problems=problems
-        )
+        cases = pooled_cases(data_root, spec.name, release, problems)
     case_ids = [c.case_id for c in cases]
-    if len(set(case_ids)) != len(case_ids):
-        raise DataError("the training and validation folders share case names; cross-validation needs unique names")
     if options.resume and (out is None or not (out / SPLITS_FILE).is_file()):
         raise ConfigError(f"--resume {out}: not a cross-validation folder (no {SPLITS_FILE} there)")
     if options.splits_file is not None:

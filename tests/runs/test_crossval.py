@@ -1,6 +1,7 @@
 """Fold splitting (a table of small cases) and one short cross-validation on the toy data."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +9,14 @@ from pathlib import Path
 import pytest
 from helpers import SPEC, TINY, make_toy_root
 
+from common.data.cases import DataError
 from common.runs.crossval import (
     RESULTS_FILE,
     SPLITS_FILE,
     check_folds,
     fold_statistics,
     make_folds,
+    pooled_cases,
     read_splits,
     run_cross_validation,
     validation_fraction,
@@ -122,6 +125,15 @@ def test_a_split_and_a_fold_are_refused_alike(roles, message):
         check_roles(roles, "the split")
     with pytest.raises(ConfigError, match=f"^splits: fold 2 {message}"):
         check_folds([GOOD[0], roles])
+
+
+def test_the_pooled_cases_are_both_folders_and_their_names_must_be_unique(tmp_path):
+    root = make_toy_root(tmp_path / "data")
+    cases = pooled_cases(root, "toy", None, [])
+    assert [c.case_id for c in cases] == [f"case{n:02d}" for n in range(1, 8)]
+    shutil.copytree(root / "training_data_v2/toy/Training/case01", root / "validation_data_v2/toy/Validation/case01")
+    with pytest.raises(DataError, match="the training and validation folders share case names"):
+        pooled_cases(root, "toy", None, [])
 
 
 def test_splits_file_round_trip(tmp_path):
