@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
-import io
 import json
 import math
 import os
@@ -64,14 +62,13 @@ from pathlib import Path
 if __name__ == "__main__":  # the command line: small matrix products; idle BLAS threads only spin
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # and steal the core the compressing thread needs
 
-import nibabel as nib
 import numpy as np
 
 from common.data.demo.experts import expert_biases
 from common.data.demo.layout import mask_file_name
 from common.data.demo.once import MARKER_DIR, generate_into_place
 from common.data.demo.shapes import _basis, _rng
-from common.data.demo.writer import write_pipelined
+from common.data.demo.writer import save_nifti, write_pipelined
 from common.spec import RELEASES, SPLIT_LEVELS, SPLITS, ConfigError, DatasetSpec
 
 #: Bump when a change makes the generated data differ; a marker of another version is regenerated.
@@ -625,25 +622,11 @@ def generate_volume(
 # ----------------------------------------------------------------------------------------------
 
 
-def volume_nifti_bytes(arr: np.ndarray, affine: np.ndarray) -> bytes:
-    """The uncompressed single-file NIfTI-1 of ``arr`` with ``affine``: what nibabel's ``to_bytes`` gives
-    (a test checks it), but with the data written in one piece, as common.demo's ``nifti_bytes``.
-    """
-    img = nib.Nifti1Image(arr, affine)
-    img.update_header()
-    header = img.header
-    header.set_data_offset(352)  # 348-byte header + 4-byte extension flag
-    header.set_slope_inter(1.0, 0.0)
-    buf = io.BytesIO()
-    header.write_to(buf)
-    return buf.getvalue() + np.asarray(arr, header.get_data_dtype()).tobytes(order="F")
-
-
 def save_volume(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write ``.nii.gz`` with a fixed gzip header (no name, mtime 0): same array, same bytes."""
-    raw = volume_nifti_bytes(arr, affine)
-    with open(path, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
-        gz.write(raw)
+    """Write ``.nii.gz`` with ``affine``: the 2D demo's writer (:func:`common.data.demo.writer.save_nifti`),
+    a fixed gzip header: same array, same bytes.
+    """
+    save_nifti(arr, path, affine)
 
 
 def generate_volume_dataset(spec: DatasetSpec, root: Path, seed: int, counts: Mapping[str, int] | None = None) -> Path:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from common.data import volume_demo as vd
+from common.data.demo import writer
 from common.data.demo.generate import project_specs
 from common.datasets import KIDNEY, PANCREAS, PANCREATIC_LESION
 from common.spec import ConfigError
@@ -146,7 +147,7 @@ def test_nifti_bytes_are_what_nibabel_writes():
     affine = np.eye(4)
     affine[:3, 3] = (-250.5, -231.0, -480.0)
     for arr in (np.arange(60, dtype=np.int16).reshape(3, 4, 5) - 30, np.eye(4, dtype=np.uint8)[None]):
-        assert vd.volume_nifti_bytes(arr, affine) == nib.Nifti1Image(arr, affine).to_bytes()
+        assert writer.nifti_bytes(arr, affine) == nib.Nifti1Image(arr, affine).to_bytes()
 
 
 def test_ensure_generates_once_and_replaces_its_own_output(tmp_path, monkeypatch):

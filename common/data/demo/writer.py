@@ -14,14 +14,14 @@ import nibabel as nib
 import numpy as np
 
 
-def nifti_bytes(arr: np.ndarray) -> bytes:
-    """The uncompressed single-file NIfTI-1 of ``arr`` with the identity affine.
+def nifti_bytes(arr: np.ndarray, affine: np.ndarray | None = None) -> bytes:
+    """The uncompressed single-file NIfTI-1 of ``arr`` with ``affine`` (default: the identity).
 
-    Byte for byte what ``nib.Nifti1Image(arr, np.eye(4)).to_bytes()`` gives (a test checks it),
-    but with the data written in one piece: nibabel writes row by row, which dominated the
-    generation time.
+    Byte for byte what ``nib.Nifti1Image(arr, affine).to_bytes()`` gives (the tests check both demo
+    generators' arrays), but with the data written in one piece: nibabel writes row by row, which
+    dominated the generation time.
     """
-    img = nib.Nifti1Image(arr, np.eye(4))
+    img = nib.Nifti1Image(arr, np.eye(4) if affine is None else affine)
     img.update_header()
     header = img.header
     header.set_data_offset(352)  # 348-byte header + 4-byte extension flag
@@ -31,9 +31,11 @@ def nifti_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue() + np.asarray(arr, header.get_data_dtype()).tobytes(order="F")
 
 
-def save_nifti(arr: np.ndarray, path: Path) -> None:
-    """Write ``arr`` as ``.nii.gz`` (identity affine); a fixed gzip header: same array, same file."""
-    raw = nifti_bytes(arr)
+def save_nifti(arr: np.ndarray, path: Path, affine: np.ndarray | None = None) -> None:
+    """Write ``arr`` as ``.nii.gz`` (default: identity affine); a fixed gzip header (no name, mtime 0): same
+    array, same file.
+    """
+    raw = nifti_bytes(arr, affine)
     with open(path, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
         gz.write(raw)
 
