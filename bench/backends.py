@@ -18,7 +18,7 @@ that a drift of the machine's speed touches them all alike; the report gives the
 ``KERAS_BACKEND`` names: the study networks (kidney study settings, plain and ConvLSTM) at 256 and
 512 px, the study's way (batch 1, float32, not compiled beyond the backend's default) against the
 tuned way (a larger batch, mixed float16, compiled); the forward FLOPs of the project's counter
-(``bench.benchmark.count_flops``, 3 x forward for a training step) over a measured matrix-product
+(``bench.benchmarking.flops.count_flops``, 3 x forward for a training step) over a measured matrix-product
 peak; the peak GPU memory; and one study-preset kidney network trained for a fixed number of epochs
 on the demo data, through ``Kidney.py``, with its wall time. ``--dry-run`` does it all at tiny sizes
 on a CPU in seconds (a test runs it).
@@ -167,7 +167,10 @@ def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str =
         keras.config.set_dtype_policy(previous)
     if jit:
         model.jit_compile = True
-    from bench.benchmark import count_flops
+    try:
+        from bench.benchmarking.flops import count_flops
+    except ImportError:  # an older tree (--tree), from before the benchmark was cut into bench/benchmarking/
+        from bench.benchmark import count_flops
 
     flops = count_flops(model)["forward_flops"]
     augmentation = training.augmentation_of(settings)
@@ -239,7 +242,7 @@ def parse_variant(text: str) -> dict:
 
 
 def compare(args) -> dict:
-    from bench.benchmark import cpu_info  # the benchmark's reading of the CPU: model, flags, cores
+    from bench.benchmarking.machine import cpu_info  # the benchmark's reading of the CPU: model, flags, cores
 
     variants = [parse_variant(v) for v in args.variant]
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
