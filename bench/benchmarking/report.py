@@ -148,11 +148,39 @@ def config_rows(results: list[dict], state: dict, peak: float | None, sections: 
 
 
 def render(state: dict) -> str:
-    args = state["args"]
+    """The whole report: the machine, then each section that ran, then the wall time of each."""
     sections = state["sections"]
+    gpus = state.get("info", {}).get("gpus") or []
+    lines = header_lines(state, gpus)
+    peak = matmul_best(state.get("flops", {}).get("matmul"))
+    configs = state.get("configs")
+    if configs:
+        lines += configs_sections(state, configs, peak, gpus)
+    elif "input" in sections and state.get("input"):
+        lines += input_section(state)
+    if "flops" in sections and state.get("flops"):
+        lines += flops_section(state, configs, peak)
+    if "tuning" in state:
+        lines += tuning_section(state)
+    if "experts" in state:
+        lines += experts_section(state)
+    if "score" in state:
+        lines += score_section(state)
+    if "suite" in state:
+        lines += suite_section(state)
+    if "gpu" in sections:
+        lines += gpu_section(state)
+    lines += ["## Benchmark wall time", ""]
+    lines += table(["section", "seconds"], [[k, fmt(v, 0)] for k, v in state["section_seconds"].items()])
+    lines += [""]
+    return "\n".join(lines)
+
+
+def header_lines(state: dict, gpus: list[dict]) -> list[str]:
+    """The title, the command and the table of the machine, versions, load and sections (and a no-GPU line)."""
+    args = state["args"]
     info = state.get("info", {})
     machine = state["machine"]
-    gpus = info.get("gpus") or []
     lines = [f"# QUBIQ U-Net benchmark, {state['started_utc']}", ""]
     lines.append(f"Command: `{state['command']}`" + (" (quick mode)" if args["quick"] else ""))
     lines.append("")
@@ -182,103 +210,100 @@ def render(state: dict) -> str:
             ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform")],
             ["platform", versions.get("platform", platform.platform())],
             ["load average (1/5/15 min) at start / end", f"{state['load_start']} / {state.get('load_end')}"],
-            ["sections", ", ".join(s for s in SECTIONS if s in sections)],
+            ["sections", ", ".join(s for s in SECTIONS if s in state["sections"])],
             ["repeats", args["repeats"]],
         ],
     )
     lines.append("")
     if not gpus:
         lines += [f"**{NO_GPU}.**", ""]
-    peak = matmul_best(state.get("flops", {}).get("matmul"))
-    configs = state.get("configs")
-    if configs:
-        rows = config_rows(configs["results"], state, peak, sections, bool(gpus))
-        skipped = ", ".join(f"{s['preset']} {s['builder']} {s['size']} px" for s in configs["skipped"])
-        skipped_line = f"Skipped ({'--quick' if args['quick'] else ''}): {skipped}." if skipped else "Nothing skipped."
-        if "throughput" in sections:
-            lines += [
-                "## 1. Training throughput",
-                "",
-                "Kidney demo cases (16 training cases of the seed's split) through "
-                "`common.training.trainer.training_dataset` (in-graph augmentation on, parallel map, prefetch), "
-                "the project's `build_model` and `compile_for` "
-                "(Adam, soft Dice). Measured with `model.fit`: one untimed warm-up call (tracing, compilation), then "
-                f"{args['repeats']} timed calls of a fixed number of steps; a per-step timestamp callback gives "
-                "images/s between the end of the first and the last step of each call. Each configuration runs in "
-                "a fresh subprocess. Input img/s: the pipeline alone at the same size and "
-                "batch (section 2); ratio = input / training.",
-                "",
-            ]
-            lines += table(
-                [
-                    "network",
-                    "px",
-                    "batch",
-                    "img/s (median)",
-                    "min-max",
-                    "n",
-                    "steps/call",
-                    "warm-up call s",
-                    "input img/s",
-                    "input/train",
-                ],
-                rows["throughput"],
-            )
-            lines += ["", skipped_line, ""]
-        if "input" in sections and state.get("input"):
-            lines += input_section(state)
-        if "inference" in sections:
-            lines += [
-                "## 3. Inference per case",
-                "",
-                "`model.predict` on one prepared case (batch 1), after 2 warm-up calls; milliseconds. "
-                "`predict_on_batch` runs the same compiled predict function without `predict`'s per-call set-up "
-                "(data adapter, iterator), i.e. the network's own time.",
-                "",
-            ]
-            lines += table(
-                ["network", "px", "predict ms (median)", "min-max", "n", "predict_on_batch ms", "min-max"],
-                rows["inference"],
-            )
-            lines += ["", skipped_line, ""]
-        if "memory" in sections:
-            lines += [
-                "## 4. Peak memory",
-                "",
-                "Peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) of the configuration's own "
-                "subprocess, after loading the data, after the training steps and after inference (MiB; includes "
-                "the TensorFlow runtime, about the 'after data' figure)."
-                + (
-                    " GPU: `tf.config.experimental.get_memory_info('GPU:0')['peak']`, reset before training "
-                    "and before inference."
-                    if gpus
-                    else ""
-                ),
-                "",
-            ]
-            header = ["network", "px", "batch", "RSS after data", "peak RSS after training", "peak RSS after inference"]
-            if gpus:
-                header += ["GPU peak training MiB", "GPU peak inference MiB"]
-            lines += table(header, rows["memory"])
-            lines += ["", skipped_line, ""]
-    elif "input" in sections and state.get("input"):
+    return lines
+
+
+def configs_sections(state: dict, configs: dict, peak: float | None, gpus: list[dict]) -> list[str]:
+    """Sections 1, 3 and 4 (the per-configuration workers' figures), with section 2 after the first."""
+    args = state["args"]
+    sections = state["sections"]
+    rows = config_rows(configs["results"], state, peak, sections, bool(gpus))
+    skipped = ", ".join(f"{s['preset']} {s['builder']} {s['size']} px" for s in configs["skipped"])
+    skipped_line = f"Skipped ({'--quick' if args['quick'] else ''}): {skipped}." if skipped else "Nothing skipped."
+    lines = []
+    if "throughput" in sections:
+        lines += throughput_section(args["repeats"], rows["throughput"], skipped_line)
+    if "input" in sections and state.get("input"):
         lines += input_section(state)
-    if "flops" in sections and state.get("flops"):
-        lines += flops_section(state, configs, peak)
-    if "tuning" in state:
-        lines += tuning_section(state)
-    if "experts" in state:
-        lines += experts_section(state)
-    if "score" in state:
-        lines += score_section(state)
-    if "suite" in state:
-        lines += suite_section(state)
-    if "gpu" in sections:
-        lines += gpu_section(state)
-    lines += ["## Benchmark wall time", ""]
-    lines += table(["section", "seconds"], [[k, fmt(v, 0)] for k, v in state["section_seconds"].items()])
-    lines += [""]
-    return "\n".join(lines)
+    if "inference" in sections:
+        lines += inference_section(rows["inference"], skipped_line)
+    if "memory" in sections:
+        lines += memory_section(rows["memory"], skipped_line, bool(gpus))
+    return lines
+
+
+def throughput_section(repeats: int, rows: list[list], skipped_line: str) -> list[str]:
+    lines = [
+        "## 1. Training throughput",
+        "",
+        "Kidney demo cases (16 training cases of the seed's split) through "
+        "`common.training.trainer.training_dataset` (in-graph augmentation on, parallel map, prefetch), "
+        "the project's `build_model` and `compile_for` "
+        "(Adam, soft Dice). Measured with `model.fit`: one untimed warm-up call (tracing, compilation), then "
+        f"{repeats} timed calls of a fixed number of steps; a per-step timestamp callback gives "
+        "images/s between the end of the first and the last step of each call. Each configuration runs in "
+        "a fresh subprocess. Input img/s: the pipeline alone at the same size and "
+        "batch (section 2); ratio = input / training.",
+        "",
+    ]
+    lines += table(
+        [
+            "network",
+            "px",
+            "batch",
+            "img/s (median)",
+            "min-max",
+            "n",
+            "steps/call",
+            "warm-up call s",
+            "input img/s",
+            "input/train",
+        ],
+        rows,
+    )
+    return lines + ["", skipped_line, ""]
+
+
+def inference_section(rows: list[list], skipped_line: str) -> list[str]:
+    lines = [
+        "## 3. Inference per case",
+        "",
+        "`model.predict` on one prepared case (batch 1), after 2 warm-up calls; milliseconds. "
+        "`predict_on_batch` runs the same compiled predict function without `predict`'s per-call set-up "
+        "(data adapter, iterator), i.e. the network's own time.",
+        "",
+    ]
+    lines += table(["network", "px", "predict ms (median)", "min-max", "n", "predict_on_batch ms", "min-max"], rows)
+    return lines + ["", skipped_line, ""]
+
+
+def memory_section(rows: list[list], skipped_line: str, gpu: bool) -> list[str]:
+    lines = [
+        "## 4. Peak memory",
+        "",
+        "Peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) of the configuration's own "
+        "subprocess, after loading the data, after the training steps and after inference (MiB; includes "
+        "the TensorFlow runtime, about the 'after data' figure)."
+        + (
+            " GPU: `tf.config.experimental.get_memory_info('GPU:0')['peak']`, reset before training "
+            "and before inference."
+            if gpu
+            else ""
+        ),
+        "",
+    ]
+    header = ["network", "px", "batch", "RSS after data", "peak RSS after training", "peak RSS after inference"]
+    if gpu:
+        header += ["GPU peak training MiB", "GPU peak inference MiB"]
+    lines += table(header, rows)
+    return lines + ["", skipped_line, ""]
 
 
 def input_section(state: dict) -> list[str]:
