@@ -371,6 +371,8 @@ def gpu_check(args) -> dict:
 
 def kidney_network(args) -> dict:
     """One study-preset kidney network on the demo data, ``--epochs`` epochs, through ``Kidney.py``: its wall time."""
+    from common.runs.folder import RESULT_FILE
+
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     command = [
         sys.executable, str(ROOT / "Kidney.py"), "--demo", "--data-root", str(args.data_root), "--preset", "study",
@@ -380,7 +382,7 @@ def kidney_network(args) -> dict:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     result: dict = {"command": " ".join(command[1:]), "epochs": args.epochs, "wall_s": seconds, "exit": done.returncode}
-    network = work / "run" / "experts" / "seg01" / "result.json"
+    network = work / "run" / "experts" / "seg01" / RESULT_FILE
     if network.is_file():
         trained = json.loads(network.read_text())
         result.update(training_s=trained["seconds"], epochs_trained=trained["epochs"])

@@ -34,6 +34,7 @@ from bench.benchmarking.settings import (
     SUITE_TASKS,
 )
 from bench.benchmarking.stats import interleaved_order, ratio, scaled_learning_rate, summarise
+from common.runs.folder import RESULTS_FILE
 
 
 class Bench:
@@ -445,7 +446,7 @@ def section_suite(bench: Bench, state: dict) -> None:
             ).returncode
         seconds = time.perf_counter() - t0
         rows.append({"script": script, "task": task, "seconds": seconds, "returncode": code,
-                     "command": command[1:], **suite_scores(folder / "results.json")})  # fmt: skip
+                     "command": command[1:], **suite_scores(folder / RESULTS_FILE)})  # fmt: skip
         score = rows[-1]["score"]
         say(f"  {seconds:.0f} s, score {fmt(score, 4)}")
         shutil.rmtree(folder, ignore_errors=True)
