@@ -26,8 +26,11 @@ from common.switches import (
     show_value,
     switch,
 )
+from common.training.checkpoints import EpochRecorder
 from common.training.losses import SoftDiceBCELoss, SoftDiceLoss
-from common.training.trainer import EpochRecorder, augmentation_of, build_model, training_dataset
+from common.training.networks import build_model
+from common.training.stream import training_dataset
+from common.training.trainer import augmentation_of
 
 Kidney = importlib.import_module("Kidney")
 BrainGrowth = importlib.import_module("Brain_Growth")

@@ -85,21 +85,20 @@ def execute(
         return []
     # Training imports TensorFlow; everything before fails fast without it.
     from common.strategies import strategy
-    from common.training import trainer as training
+    from common.training.checkpoints import CHECKPOINT_SECONDS
     from common.training.inference import Predictor
+    from common.training.trainer import seed_everything, train_expert
 
-    train = train or training.train_expert
+    train = train or train_expert
     predictor = predictor or Predictor(plan.settings.batch_size, unreadable=unreadable_network)
     learner = strategy(plan.settings.strategy)
-    training.seed_everything(plan.seed, plan.config.get("deterministic", False))
+    seed_everything(plan.seed, plan.config.get("deterministic", False))
     cases = prepared_cases(plan)
     # prepared: their arrays are not read again (the gather needs the held-out masks and the others' headers)
     plan.checked.release(plan.roles["train"])
     predicted = cases["predicted"]
     images = np.concatenate([input_slices(c) for c in predicted])
-    checkpoint_seconds = (
-        training.CHECKPOINT_SECONDS if options.checkpoint_seconds is None else options.checkpoint_seconds
-    )
+    checkpoint_seconds = CHECKPOINT_SECONDS if options.checkpoint_seconds is None else options.checkpoint_seconds
     for number, network in todo:
         prefix = _prefix(network, number, plan)
         folder = Path(run_dir) / network_folder(network)

@@ -14,7 +14,7 @@ import pytest
 
 from common.runs.log import RunLog
 from common.storage import StorageError, write_atomic, write_json
-from common.training.trainer import save_model_atomic, write_log
+from common.training.checkpoints import save_model_atomic, write_log
 
 
 def os_error(code: int) -> OSError:

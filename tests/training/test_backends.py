@@ -15,6 +15,7 @@ from common.runs.folder import network_files
 from common.spec import ConfigError, Settings
 from common.training import backend
 from common.training import trainer as training
+from common.training.checkpoints import read_log
 from common.training.inference import Predictor
 from common.training.tta import TTA
 
@@ -69,8 +70,8 @@ def test_a_resumed_training_ends_exactly_where_an_uninterrupted_one_does(tmp_pat
     assert first.epochs == 2 and resumed.resumed_from_epoch == 2 and resumed.epochs == 4
     assert any("resuming from the backup after epoch 2" in line for line in lines), lines
     assert math.isfinite(whole.best_loss)
-    whole_log = training.read_log(network_files(tmp_path / "whole").log)
-    parts_log = training.read_log(network_files(tmp_path / "parts").log)
+    whole_log = read_log(network_files(tmp_path / "whole").log)
+    parts_log = read_log(network_files(tmp_path / "parts").log)
     assert whole_log == parts_log
     a = keras.saving.load_model(network_files(tmp_path / "whole").backup).get_weights()
     b = keras.saving.load_model(network_files(tmp_path / "parts").backup).get_weights()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.runs.folder import network_files
-from common.training.trainer import EpochRecorder
+from common.training.checkpoints import EpochRecorder
 
 
 def tiny_model():

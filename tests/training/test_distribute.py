@@ -32,7 +32,9 @@ from common.cli import build_parser, main
 from common.runs import crossval
 from common.runs.plan import RunOptions
 from common.spec import ConfigError, Settings
-from common.training import trainer as training
+from common.training.distribution import check_replicas, distribution_strategy
+from common.training.networks import build_model, compile_for
+from common.training.stream import epoch_images, evaluation_data, training_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 Prostate = importlib.import_module("Prostate")
@@ -51,6 +53,7 @@ import numpy as np
 
 from common.runs.folder import network_files
 from common.training import trainer as training
+from common.training.checkpoints import read_log
 from common.spec import ConfigError, Settings
 
 out = Path(sys.argv[1])
@@ -68,7 +71,7 @@ for distribute in ("none", "mirrored"):
     result = training.train_expert(
         1, train, validation, settings, files, seed=0, verbose=0, log=lines.append, distribute=distribute
     )
-    rows = training.read_log(network_files(out / distribute).log)
+    rows = read_log(network_files(out / distribute).log)
     model = keras.saving.load_model(result.model_path)
     maps = model.predict(images[:2], verbose=0)
     report[distribute] = {
@@ -90,7 +93,7 @@ lines = []  # 7 images: each epoch trains on 6, in batches of 4 and 2
 files = network_files(out / "odd")
 result = training.train_expert(1, (images[:7], masks[:7]), None, settings, files, 0, 0, lines.append,
                                distribute="mirrored")
-report["odd"] = {"lines": lines, "rows": training.read_log(network_files(out / "odd").log)}
+report["odd"] = {"lines": lines, "rows": read_log(network_files(out / "odd").log)}
 print("REPORT " + json.dumps(report))
 """
 
@@ -148,28 +151,28 @@ def test_an_odd_training_set_leaves_one_image_out_per_epoch(two_replicas):
 
 
 def test_one_device_is_the_same_as_none():
-    assert training.distribution_strategy("none") is None
-    assert training.distribution_strategy("mirrored") is None  # one CPU logical device here
+    assert distribution_strategy("none") is None
+    assert distribution_strategy("mirrored") is None  # one CPU logical device here
     with pytest.raises(ConfigError, match="--distribute must be one of none, mirrored"):
-        training.distribution_strategy("bogus")
+        distribution_strategy("bogus")
 
 
 def test_check_replicas():
-    training.check_replicas(1, 3, 1)
-    training.check_replicas(2, 4, 2)
+    check_replicas(1, 3, 1)
+    check_replicas(2, 4, 2)
     with pytest.raises(ConfigError, match="--batch-size 1 is not a multiple of 2"):
-        training.check_replicas(2, 1, 10)
+        check_replicas(2, 1, 10)
     with pytest.raises(ConfigError, match="only 1 training images"):
-        training.check_replicas(2, 2, 1)
+        check_replicas(2, 2, 1)
 
 
 def test_training_stream_with_replicas_splits_evenly():
     rng = np.random.default_rng(0)
     images = rng.random((7, 8, 8, 1)).astype(np.float32)
-    sizes = [len(x) for x, _ in training.training_dataset(images, images, 4, 0, None, epochs=2, replicas=2)]
+    sizes = [len(x) for x, _ in training_dataset(images, images, 4, 0, None, epochs=2, replicas=2)]
     assert sizes == [4, 2, 4, 2]  # 6 of 7 images per epoch
-    assert training.epoch_images(7, 2) == 6 and training.epoch_images(7, 1) == 7
-    plain = [len(x) for x, _ in training.training_dataset(images, images, 4, 0, None, epochs=1)]
+    assert epoch_images(7, 2) == 6 and epoch_images(7, 1) == 7
+    plain = [len(x) for x, _ in training_dataset(images, images, 4, 0, None, epochs=1)]
     assert plain == [4, 3]
 
 
@@ -178,14 +181,14 @@ def test_padded_validation_gives_the_same_loss():
     rng = np.random.default_rng(0)
     images = rng.random((3, 32, 32, 1)).astype(np.float32)
     masks = (images > 0.5).astype(np.float32)
-    padded = training.evaluation_data(images, masks, replicas=2)
+    padded = evaluation_data(images, masks, replicas=2)
     assert len(padded[0]) == 4 and np.array_equal(padded[0][3], images[0])
     assert padded[2].tolist() == pytest.approx([4 / 3, 4 / 3, 4 / 3, 0.0])
     settings = Settings(input_size=32, depth=2, base_filters=4, batch_size=2, dropout="none")
-    model = training.build_model(settings, channels=1)
-    training.compile_for(model, settings)
-    plain = model.evaluate(*training.evaluation_data(images, masks), batch_size=2, verbose=0, return_dict=True)
-    x, y, weights = training.evaluation_data(images, masks, replicas=2)
+    model = build_model(settings, channels=1)
+    compile_for(model, settings)
+    plain = model.evaluate(*evaluation_data(images, masks), batch_size=2, verbose=0, return_dict=True)
+    x, y, weights = evaluation_data(images, masks, replicas=2)
     weighted = model.evaluate(x, y, sample_weight=weights, batch_size=2, verbose=0, return_dict=True)
     assert weighted["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     assert weighted["dice_coefficient"] == pytest.approx(plain["dice_coefficient"], rel=1e-6)

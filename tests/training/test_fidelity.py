@@ -19,7 +19,7 @@ import Pancreas
 import Pancreatic_Lesion
 import Prostate
 from common.switches import preset
-from common.training.trainer import build_model
+from common.training.networks import build_model
 
 BLOCK = ["Conv2D", "BatchNormalization", "Activation"] * 2
 

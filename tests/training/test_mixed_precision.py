@@ -19,8 +19,10 @@ from common.runs.folder import network_files
 from common.runs.pipeline import check_resumable
 from common.spec import ConfigError, Settings
 from common.switches import SWITCHES, parse_value
-from common.training import trainer as training
+from common.training import precision
 from common.training.inference import Predictor
+from common.training.networks import build_model
+from common.training.trainer import train_expert
 
 Kidney = importlib.import_module("Kidney")
 
@@ -103,10 +105,10 @@ def test_command_line_refuses_other_values(capsys):
     ],
 )
 def test_precision_policy(monkeypatch, mixed, gpu, bf16, policy):
-    monkeypatch.setattr(training, "gpu_visible", lambda: gpu)
-    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: bf16)
+    monkeypatch.setattr(precision, "gpu_visible", lambda: gpu)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: bf16)
     notices: list[str] = []
-    assert training.precision_policy(TINY.replace(mixed_precision=mixed), notices.append) == policy
+    assert precision.precision_policy(TINY.replace(mixed_precision=mixed), notices.append) == policy
     if mixed and not gpu and not bf16:
         assert len(notices) == 1 and "no bfloat16 instructions" in notices[0] and "float32" in notices[0]
     else:
@@ -116,17 +118,17 @@ def test_precision_policy(monkeypatch, mixed, gpu, bf16, policy):
 def test_cpu_supports_bf16(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
-    assert training.cpu_supports_bf16(cpuinfo)
+    assert precision.cpu_supports_bf16(cpuinfo)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_tile amx_int8\n")
-    assert not training.cpu_supports_bf16(cpuinfo)
+    assert not precision.cpu_supports_bf16(cpuinfo)
     cpuinfo.write_text("flags\t\t: fpu amx_bf16\n")
-    assert training.cpu_supports_bf16(cpuinfo)
-    assert not training.cpu_supports_bf16(tmp_path / "missing")
+    assert precision.cpu_supports_bf16(cpuinfo)
+    assert not precision.cpu_supports_bf16(tmp_path / "missing")
 
 
 def test_dtype_policy_is_restored_even_on_error():
     assert keras.config.dtype_policy().name == "float32"
-    with pytest.raises(RuntimeError), training.dtype_policy("mixed_bfloat16"):
+    with pytest.raises(RuntimeError), precision.dtype_policy("mixed_bfloat16"):
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
         raise RuntimeError
     assert keras.config.dtype_policy().name == "float32"
@@ -134,9 +136,9 @@ def test_dtype_policy_is_restored_even_on_error():
 
 @pytest.mark.parametrize("policy, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
 def test_model_under_a_mixed_policy(policy, compute):
-    plain = training.build_model(TINY, channels=1).count_params()
-    with training.dtype_policy(policy):
-        model = training.build_model(TINY, channels=1)
+    plain = build_model(TINY, channels=1).count_params()
+    with precision.dtype_policy(policy):
+        model = build_model(TINY, channels=1)
     assert model.count_params() == plain
     conv = model.get_layer("enc1_conv1")
     assert (conv.compute_dtype, conv.variable_dtype) == (compute, "float32")
@@ -152,11 +154,11 @@ def test_model_under_a_mixed_policy(policy, compute):
 
 
 def test_train_expert_mixed_bfloat16(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "gpu_visible", lambda: False)
-    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: True)  # this CPU or not: the mixed path
+    monkeypatch.setattr(precision, "gpu_visible", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # this CPU or not: the mixed path
     lines: list[str] = []
     images, masks = data(4)
-    result = training.train_expert(
+    result = train_expert(
         1, (images, masks), data(2, 1), TINY, network_files(tmp_path), seed=0, verbose=0, log=lines.append
     )
     assert any("dtype policy mixed_bfloat16" in line for line in lines), lines
@@ -175,22 +177,20 @@ def test_train_expert_mixed_bfloat16(tmp_path, monkeypatch):
 def test_mixed_float16_loss_scaling_survives_a_resume(tmp_path, monkeypatch):
     """Keras wraps Adam in a LossScaleOptimizer under mixed_float16; a backup loaded outside the policy
     would rebuild a plain Adam and drop the saved optimiser state, with a warning."""
-    monkeypatch.setattr(training, "gpu_visible", lambda: True)  # mixed_float16, computed on this CPU
+    monkeypatch.setattr(precision, "gpu_visible", lambda: True)  # mixed_float16, computed on this CPU
     images, masks = data(4)
     settings = TINY.replace(epochs=1)
-    first = training.train_expert(
-        1, (images, masks), None, settings, network_files(tmp_path), 0, 0, str, checkpoint_seconds=0
-    )
+    first = train_expert(1, (images, masks), None, settings, network_files(tmp_path), 0, 0, str, checkpoint_seconds=0)
     assert math.isfinite(first.best_loss)
     assert keras.config.dtype_policy().name == "float32"
-    with training.dtype_policy("mixed_float16"):
+    with precision.dtype_policy("mixed_float16"):
         backup = keras.saving.load_model(network_files(tmp_path).backup)
         assert isinstance(backup.optimizer, keras.optimizers.LossScaleOptimizer)
         keras.backend.clear_session()
     lines: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = training.train_expert(
+        resumed = train_expert(
             1,
             (images, masks),
             None,

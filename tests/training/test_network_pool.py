@@ -11,7 +11,10 @@ import pytest
 
 from common.runs.folder import network_files
 from common.spec import Settings
-from common.training import trainer as training
+from common.training import trainer
+from common.training.checkpoints import read_log
+from common.training.networks import NetworkPool
+from common.training.precision import dtype_policy
 
 TINY = Settings(
     input_size=32,
@@ -33,15 +36,16 @@ def data(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def pool(monkeypatch):
-    """A fresh process-wide pool for the test (and the previous one back afterwards)."""
-    fresh = training.NetworkPool()
-    monkeypatch.setattr(training, "NETWORKS", fresh)
+    """A fresh pool for the trainer in this test (the previous one back afterwards), set where the trainer
+    reads the process's pool at call time: its module's ``NETWORKS``, imported from common.training.networks."""
+    fresh = NetworkPool()
+    monkeypatch.setattr(trainer, "NETWORKS", fresh)
     yield fresh
     fresh.release()
 
 
 def train(expert, seed, out, settings=TINY, validation=True):
-    return training.train_expert(
+    return trainer.train_expert(
         expert,
         data(6, seed),
         data(2, seed + 10) if validation else None,
@@ -62,7 +66,7 @@ def trained_weights(result) -> list[np.ndarray]:
 
 
 def log_losses(out) -> list[float]:
-    return [float(r[key]) for r in training.read_log(network_files(out).log) for key in ("loss", "val_loss")]
+    return [float(r[key]) for r in read_log(network_files(out).log) for key in ("loss", "val_loss")]
 
 
 def test_reused_network_trains_exactly_as_a_fresh_one(tmp_path, pool):
@@ -109,7 +113,7 @@ def test_next_network_starts_with_a_fresh_optimizer(pool):
 def test_anything_else_replaces_the_pooled_network(pool, change):
     first = pool.network(TINY, 1, 1, "float32")
     asked = {"settings": TINY, "channels": 1, "outputs": 1, "policy": "float32", **change}
-    with training.dtype_policy(asked["policy"]):
+    with dtype_policy(asked["policy"]):
         second = pool.network(**asked)
         assert keras.config.dtype_policy().name == asked["policy"]  # replacing kept the policy in force
     assert second is not first and pool.reused == 0 and pool.model is second
@@ -120,7 +124,7 @@ def test_anything_else_replaces_the_pooled_network(pool, change):
 
 def test_mixed_float16_networks_are_not_pooled(pool):
     pool.network(TINY, 1, 1, "float32")
-    with training.dtype_policy("mixed_float16"):
+    with dtype_policy("mixed_float16"):
         model = pool.network(TINY, 1, 1, "mixed_float16")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert pool.model is None and not pool.holds(TINY, 1, 1)

@@ -88,7 +88,7 @@ def test_sampling_noise_follows_the_seed_and_the_image_not_the_batch():
 
 
 def test_trains_under_mixed_precision_with_float32_gaussians_and_loss():
-    from common.training.trainer import dtype_policy
+    from common.training.precision import dtype_policy
 
     rng = np.random.default_rng(1)
     masks = (rng.random((4, 16, 16, 2)) > 0.5).astype(np.float32)
