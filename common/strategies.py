@@ -119,7 +119,7 @@ class Strategy:
 
     def build(self, settings, channels: int, outputs: int):
         """The network to train, for inputs of ``channels`` channels and ``outputs`` output channels; None:
-        the study's U-Net with :attr:`activation` (:func:`common.training.trainer.build_model`)."""
+        the study's U-Net with :attr:`activation` (:func:`common.training.networks.build_model`)."""
         return None
 
     def sampler(self, settings, seed: int):
