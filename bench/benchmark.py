@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args.data_root = args.data_root.resolve()
     needs_data = sections - {"suite"}
     if needs_data and not (args.data_root / "training_data_v2" / "kidney").is_dir():
-        from common.demo import ensure_demo_data
+        from common.data.demo.generate import ensure_demo_data
 
         say(f"generating demo data into {args.data_root} ...")
         ensure_demo_data(args.data_root, 0)

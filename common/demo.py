@@ -15,11 +15,8 @@ from pathlib import Path
 if __name__ == "__main__":  # the command line: its matrix products are small, idle BLAS threads only
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spin and steal the core the writer needs
 
-from common.data.demo.generate import ensure_demo_data, ensure_demo_dataset, project_specs
+from common.data.demo.generate import ensure_demo_dataset, project_specs
 from common.data.demo.layout import split_folder
-
-#: ``ensure_demo_data`` is not used here: bench/benchmark.py still imports it from this module.
-__all__ = ["build_parser", "ensure_demo_data", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
