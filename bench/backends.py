@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,11 @@ def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str =
 
     from common.training import trainer as training
 
+    try:  # where the network is built and the stream made now; an older tree (--tree) had both in the trainer
+        from common.training import networks, stream
+    except ImportError:
+        networks = stream = training
+
     rng = np.random.default_rng(0)
     size = settings.input_size
     batch = settings.batch_size
@@ -161,8 +167,8 @@ def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str =
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy(policy)
     try:
-        model = training.build_model(settings, channels=1)
-        training.compile_for(model, settings)
+        model = networks.build_model(settings, channels=1)
+        networks.compile_for(model, settings)
     finally:
         keras.config.set_dtype_policy(previous)
     if jit:
@@ -175,14 +181,12 @@ def measure(settings, steps: int, repeats: int, jit: bool = False, policy: str =
     flops = count_flops(model)["forward_flops"]
     augmentation = training.augmentation_of(settings)
     # What the trainer gives model.fit; an older tree (--tree) has no fit_input: its stream was tf.data itself.
-    fit_input = getattr(training, "fit_input", lambda stream: stream)
+    fit_input = getattr(stream, "fit_input", lambda batches: batches)
 
     def fit(epochs_seen: int) -> float:
-        stream = training.training_dataset(
-            x, y, batch, 0, augmentation, epochs=epochs_seen + 1, first_epoch=epochs_seen
-        )
+        batches = stream.training_dataset(x, y, batch, 0, augmentation, epochs=epochs_seen + 1, first_epoch=epochs_seen)
         started = time.perf_counter()
-        model.fit(fit_input(stream), steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        model.fit(fit_input(batches), steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
         return time.perf_counter() - started
 
     reset_peak_memory()
@@ -238,7 +242,17 @@ def parse_variant(text: str) -> dict:
     if not name or not python:
         raise SystemExit(f"--variant {text!r}: expected NAME=PYTHON[@TREE]")
     backend = name.split("-")[0] if name.split("-")[0] in ("tensorflow", "jax", "torch") else "tensorflow"
-    return {"name": name, "python": python, "tree": tree or str(ROOT), "backend": backend}
+    # The worker runs in the variant's tree: a relative path is the caller's, resolved here.
+    if os.sep in python:
+        python = str(Path(python).absolute())
+        if not Path(python).is_file():
+            raise SystemExit(f"--variant {text!r}: no Python interpreter at {python}")
+    elif shutil.which(python) is None:
+        raise SystemExit(f"--variant {text!r}: no {python} on PATH")
+    tree = str(Path(tree).resolve()) if tree else str(ROOT)
+    if not (Path(tree) / "common").is_dir():
+        raise SystemExit(f"--variant {text!r}: {tree} is not a checkout of this project (no common/ there)")
+    return {"name": name, "python": python, "tree": tree, "backend": backend}
 
 
 def compare(args) -> dict:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 import pytest
 
+from bench.backends import ROOT, parse_variant
 from bench.benchmark import parse_sections, parse_tuned_run
 from bench.benchmarking.flops import count_flops
 from bench.benchmarking.report import experts_section, results_paths, score_section, suite_section
@@ -247,3 +249,35 @@ def test_suite_scores_from_a_results_file(tmp_path):
     assert "| Kidney | 1 | 2 | 60 | 2 | 241 | 0.8000 | 0.8500 | 0.0500 | 0.0000 | 0 |" in text
     assert "| Prostate | 2 | - | - | - | 3 | - | - | - | - | 1 |" in text
     assert "| total |  | 2 |" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/backends.py compare: each variant checked before any worker starts
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tensorflow", r"expected NAME=PYTHON\[@TREE\]"),
+        ("tensorflow=nope/python", "no Python interpreter at .*nope/python"),
+        ("tensorflow=no-such-python-here", "no no-such-python-here on PATH"),
+        (f"tensorflow={sys.executable}@/", "/ is not a checkout of this project"),
+    ],
+)
+def test_a_compare_variant_is_refused_by_name(text, message):
+    with pytest.raises(SystemExit, match=message):
+        parse_variant(text)
+
+
+def test_a_relative_interpreter_is_the_callers_not_the_trees(tmp_path, monkeypatch):
+    """The worker runs in the variant's tree, so a relative PYTHON is made absolute against the caller's folder."""
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python").write_text("")
+    monkeypatch.chdir(tmp_path)
+    variant = parse_variant("torch-new=env/bin/python")
+    assert variant == {
+        "name": "torch-new",
+        "python": str(tmp_path / "env" / "bin" / "python"),
+        "tree": str(ROOT),
+        "backend": "torch",
+    }

@@ -55,13 +55,6 @@ def input_rate(state: dict, size: int, batch: int) -> float | None:
     return None
 
 
-def flops_entry(state: dict, preset: str, builder: str, size: int) -> dict | None:
-    for entry in state.get("flops", {}).get("configs", []):
-        if (entry["preset"], entry["builder"], entry["size"]) == (preset, builder, size):
-            return entry
-    return None
-
-
 def matmul_best(matmul: list[dict], dtype: str = "float32") -> float | None:
     for entry in matmul or []:
         if entry.get("dtype") == dtype and "summary" in entry:
@@ -69,7 +62,7 @@ def matmul_best(matmul: list[dict], dtype: str = "float32") -> float | None:
     return None
 
 
-def config_rows(results: list[dict], state: dict, peak: float | None, sections: set[str], gpu: bool) -> dict:
+def config_rows(results: list[dict], state: dict, peak: float | None, gpu: bool) -> dict:
     """Markdown rows of the throughput, inference, memory and achieved-FLOP/s tables."""
     rows = {"throughput": [], "inference": [], "memory": [], "achieved": []}
     for res in results:
@@ -224,7 +217,7 @@ def configs_sections(state: dict, configs: dict, peak: float | None, gpus: list[
     """Sections 1, 3 and 4 (the per-configuration workers' figures), with section 2 after the first."""
     args = state["args"]
     sections = state["sections"]
-    rows = config_rows(configs["results"], state, peak, sections, bool(gpus))
+    rows = config_rows(configs["results"], state, peak, bool(gpus))
     skipped = ", ".join(f"{s['preset']} {s['builder']} {s['size']} px" for s in configs["skipped"])
     skipped_line = f"Skipped ({'--quick' if args['quick'] else ''}): {skipped}." if skipped else "Nothing skipped."
     lines = []
@@ -244,7 +237,7 @@ def throughput_section(repeats: int, rows: list[list], skipped_line: str) -> lis
         "## 1. Training throughput",
         "",
         "Kidney demo cases (16 training cases of the seed's split) through "
-        "`common.training.trainer.training_dataset` (in-graph augmentation on, parallel map, prefetch), "
+        "`common.training.stream.training_dataset` (in-graph augmentation on, parallel map, prefetch), "
         "the project's `build_model` and `compile_for` "
         "(Adam, soft Dice). Measured with `model.fit`: one untimed warm-up call (tracing, compilation), then "
         f"{repeats} timed calls of a fixed number of steps; a per-step timestamp callback gives "
@@ -312,7 +305,7 @@ def input_section(state: dict) -> list[str]:
     if "error" in data:
         return lines + [f"failed: {data['error'][:500]}", ""]
     lines += [
-        "Iterating `common.training.trainer.training_dataset` (augmented batches; the images are preloaded numpy "
+        "Iterating `common.training.stream.training_dataset` (augmented batches; the images are preloaded numpy "
         "arrays, so there is no decoding in it) without a model, after 2 warm-up batches. Loading and preparing: the "
         "project's `load_case` (NIfTI) and `prepare_case` (CT window, resampling to the input size), once per "
         "kidney training case (20 cases, 497 x 497), per case.",
@@ -406,7 +399,7 @@ def flops_section(state: dict, configs: dict | None, peak: float | None) -> list
     lines += table(["dtype", "n", "GFLOP/s best", "median", "min-max"], mm_rows)
     lines.append("")
     if configs:
-        rows = config_rows(configs["results"], state, peak, state["sections"], False)["achieved"]
+        rows = config_rows(configs["results"], state, peak, False)["achieved"]
         lines += [
             f"Achieved training FLOP/s = 3 x forward FLOPs x images/s (section 1); fraction of the "
             f"measured float32 matmul peak ({fmt(peak, 1)} GFLOP/s):",
@@ -494,7 +487,7 @@ def experts_section(state: dict) -> list[str]:
         "its own seed, through `common.training.trainer.train_expert` (the first step's tracing included), then "
         "`common.training.inference.Predictor` of 16 cases from the saved model; once with a new network built for "
         "each (`NETWORKS.enabled = False`, `keras.backend.clear_session()` after each), once with the pooled network "
-        "(`common.training.trainer.NetworkPool`). Seconds and resident memory (MiB) after each network.",
+        "(`common.training.networks.NetworkPool`). Seconds and resident memory (MiB) after each network.",
         "",
     ]
     runs = data["runs"]

@@ -152,7 +152,8 @@ def timed_fit(model, data, steps: int, keras) -> dict:
 
 def tfdata_stream(arrays: dict, batch: int, steps: int, settings, seed: int = 0):
     """The project's training stream as the trainer gives it to ``model.fit`` (``fit_input``: ``tf.data``)."""
-    from common.training.trainer import augmentation_of, fit_input, training_dataset
+    from common.training.stream import fit_input, training_dataset
+    from common.training.trainer import augmentation_of
 
     count = len(arrays["images"])
     epochs = math.ceil(steps * batch / count) + 1
@@ -184,7 +185,7 @@ def build_and_compile(settings, channels: int, jit: bool = False, policy: str | 
     """The project's model and compilation (``build_model``, ``compile_for``); optionally XLA or a dtype policy."""
     import keras
 
-    from common.training.trainer import build_model, compile_for
+    from common.training.networks import build_model, compile_for
 
     previous = keras.mixed_precision.dtype_policy().name
     if policy:
@@ -431,7 +432,7 @@ def make_feed(arrays: dict, variant: dict, settings, steps: int):
 def study_training_dataset(
     images, masks, batch_size, seed, augmentation, epochs, first_epoch=0, available=None, binary=True, replicas=1
 ):
-    """A stand-in for ``common.training.trainer.training_dataset``: the study's Python generator, no prefetch.
+    """A stand-in for ``common.training.stream.training_dataset``: the study's Python generator, no prefetch.
 
     Same arguments; endless (``fit`` takes ``steps_per_epoch x epochs`` batches). The study's way has
     one device and one expert's binary masks, so ``available``, soft targets and replicas are refused.
@@ -459,6 +460,7 @@ def worker_score(job: dict) -> dict:
     from common.runs.pipeline import run_plan
     from common.runs.plan import RunOptions
     from common.training import trainer as training
+    from common.training.networks import NETWORKS
 
     kidney = kidney_module()
     settings = kidney.demo.replace(batch_size=job["batch"], learning_rate=job["lr"], epochs=job["epochs"], patience=0)
@@ -498,7 +500,7 @@ def worker_score(job: dict) -> dict:
         "wall_seconds": wall,
         "generator_streams_used": streams,  # baseline: one entry (training images) per network trained
         "per_network": per_network,  # training seconds and resident memory after each network, in order
-        "networks_reused": training.NETWORKS.reused,
+        "networks_reused": NETWORKS.reused,
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -512,10 +514,11 @@ def worker_experts(job: dict) -> dict:
     """
     start_tensorflow()
     from common.runs.folder import network_files
-    from common.training import trainer as training
     from common.training.inference import Predictor
+    from common.training.networks import NETWORKS
+    from common.training.trainer import train_expert
 
-    training.NETWORKS.enabled = job["pool"]
+    NETWORKS.enabled = job["pool"]
     arrays = load_kidney(job["data_root"], 128)
     images, masks = arrays["images"], arrays["masks"]
     settings = kidney_module().demo.replace(epochs=job["epochs"], patience=0)
@@ -523,7 +526,7 @@ def worker_experts(job: dict) -> dict:
     rows = []
     for number in range(1, job["networks"] + 1):
         t0 = time.perf_counter()
-        result = training.train_expert(
+        result = train_expert(
             number,
             (images[:12], masks[:12]),
             (images[12:], masks[12:]),
@@ -538,7 +541,7 @@ def worker_experts(job: dict) -> dict:
         predictor.predict(predictor.load(result.model_path), images)
         t2 = time.perf_counter()
         rows.append({"network": number, "train_s": t1 - t0, "predict_s": t2 - t1, "rss_mb_after": rss_now_mb()})
-    return {"pool": job["pool"], "epochs": job["epochs"], "networks": rows, "reused": training.NETWORKS.reused}
+    return {"pool": job["pool"], "epochs": job["epochs"], "networks": rows, "reused": NETWORKS.reused}
 
 
 def worker_gpu(job: dict) -> dict:
