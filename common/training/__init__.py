@@ -1,1 +1,2 @@
-"""One network: models, losses, augmentation, the seeded stream, the trainer."""
+"""One network: models, losses, augmentation, the seeded stream, precision and devices, the pooled network,
+checkpoints, the trainer, and the predictor."""

@@ -3,7 +3,8 @@
 What training leaves in the expert's folder, each file written atomically (temporary file, then rename):
 
 - ``training_log.csv``: one row per finished epoch;
-- ``model.keras``: the network at its best validation loss so far, as of the last checkpoint;
+- ``model.keras``: the network kept (``Settings.keep``: at its best validation loss so far, or after its
+  last epoch), as of the last checkpoint;
 - ``backup.keras`` and ``backup.json``: at each checkpoint, the network with its optimiser state after
   the epoch just finished, so that an interrupted training continues from there (removed once
   training ends).
@@ -150,3 +151,19 @@ def load_saved(path: Path, files: NetworkFiles, compile: bool) -> keras.Model:
     """A saved network (a resumed training's backup) in Keras's safe mode: a file that carries code refused as
     such, a truncated or corrupt one by name with how to train it anew (:meth:`NetworkFiles.unreadable`)."""
     return load_network(path, files.unreadable, compile=compile)
+
+
+def read_backup(files: NetworkFiles) -> tuple[int, float, keras.Model] | None:
+    """The checkpoint to resume from (what :meth:`EpochRecorder.checkpoint` wrote): the epochs done, the
+    best monitored loss so far and the network with its optimiser state; None without one.
+
+    An unreadable ``backup.json`` is refused like an unreadable network, naming how to train anew.
+    """
+    if not (files.backup_state.is_file() and files.backup.is_file()):
+        return None
+    try:
+        state = json.loads(files.backup_state.read_text())
+        epoch, best = int(state["epoch"]), float(state["best"])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise files.unreadable(files.backup_state, error) from error
+    return epoch, best, load_saved(files.backup, files, compile=True)

@@ -9,7 +9,6 @@ dtype policy (:mod:`common.training.precision`) and its distribution over device
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from common.spec import Settings
 from common.strategies import strategy
 from common.training import backend
 from common.training.augmentation import Augmentation
-from common.training.checkpoints import CHECKPOINT_SECONDS, EpochRecorder, load_saved, read_log
+from common.training.checkpoints import CHECKPOINT_SECONDS, EpochRecorder, read_backup, read_log
 from common.training.distribution import check_replicas, distribution_strategy, set_synchronized_batch_norm
 from common.training.files import NetworkFiles
 from common.training.networks import NETWORKS, build_model, compile_for
@@ -239,12 +238,10 @@ class Trainer:
         train_available, validation_available = available if available is not None else (None, None)
         binary = strategy(settings.strategy).binary_targets
         monitor = "val_loss" if validation is not None else "loss"
-        state_path, backup_path = files.backup_state, files.backup
         first_epoch, best = 0, math.inf
-        if state_path.is_file() and backup_path.is_file():
-            state = json.loads(state_path.read_text())
-            first_epoch, best = int(state["epoch"]), float(state["best"])
-            model = load_saved(backup_path, files, compile=True)
+        backup = read_backup(files)
+        if backup is not None:
+            first_epoch, best, model = backup
             log(f"{label}: resuming from the backup after epoch {first_epoch} (best {monitor} {best:.4f})")
         elif replicas == 1 and self.reuse_networks:
             outputs = output_channels(settings, train[1])

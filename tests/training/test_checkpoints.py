@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+from common.errors import DataError
 from common.runs.folder import network_files
-from common.training.checkpoints import EpochRecorder
+from common.training.checkpoints import EpochRecorder, read_backup, save_model_atomic
 
 
 def tiny_model():
@@ -57,3 +58,26 @@ def test_no_checkpoint_before_it_is_due(tmp_path):
     run_epochs(recorder, model, [0.5, 0.4, 0.3])
     assert not files.backup_state.exists() and not files.model.exists()
     assert len(files.log.read_text().splitlines()) == 4  # the log is every epoch
+
+
+def test_a_checkpoint_is_read_back_as_written(tmp_path):
+    files = network_files(tmp_path / "run" / "experts" / "seg01")
+    files.folder.mkdir(parents=True)
+    assert read_backup(files) is None  # nothing to resume from
+    model = tiny_model()
+    model.set_weights([np.full((2, 1), 3.0), np.zeros(1)])
+    save_model_atomic(model, files.backup)
+    files.backup_state.write_text(json.dumps({"epoch": 4, "best": 0.25}))
+    epoch, best, restored = read_backup(files)
+    assert (epoch, best) == (4, 0.25)
+    assert np.array_equal(restored.get_weights()[0], np.full((2, 1), 3.0))
+
+
+@pytest.mark.parametrize("state", ["{not json", '{"epoch": 2}', '{"epoch": "two", "best": 0.1}', "[]"])
+def test_an_unreadable_backup_state_is_refused_with_how_to_train_anew(tmp_path, state):
+    files = network_files(tmp_path / "run" / "experts" / "seg01")
+    files.folder.mkdir(parents=True)
+    files.backup.write_bytes(b"PK")
+    files.backup_state.write_text(state)
+    with pytest.raises(DataError, match=r"backup\.json cannot be loaded .*to train that network anew: mv "):
+        read_backup(files)
