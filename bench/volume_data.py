@@ -49,7 +49,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -61,6 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.data import volume_demo  # noqa: E402
+from common.data.demo.layout import mask_file_name  # noqa: E402
+from common.data.demo.writer import write_pipelined  # noqa: E402
 from common.datasets import PANCREAS  # noqa: E402
 
 #: Bump when a change makes the written trees differ; a tree with another marker is written again.
@@ -131,8 +132,8 @@ def write_tree(root: Path, design: dict) -> None:
     spec, seed = PANCREAS.spec, design["seed"]
     plan = volume_demo.volume_plan(spec, seed, design["counts"])
     base = volume_demo.DESIGNS[spec.name]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: list = []
+
+    def cases():
         for split in ("train", "validation", "test"):
             folder = volume_demo.volume_split_folder(spec, root, split)
             folder.mkdir(parents=True, exist_ok=True)
@@ -143,15 +144,12 @@ def write_tree(root: Path, design: dict) -> None:
                 assert image.shape == (depth, 512, 512), image.shape
                 case = folder / volume_demo.case_id(n, m)
                 case.mkdir()
-                current = [pool.submit(volume_demo.save_volume, image, affine, case / "image.nii.gz")]
+                saves = [(volume_demo.save_volume, (image, affine, case / "image.nii.gz"))]
                 for expert, mask in masks.items():
-                    name = f"task01_seg{expert:02d}.nii.gz"
-                    current.append(pool.submit(volume_demo.save_volume, mask, affine, case / name))
-                for future in pending:
-                    future.result()
-                pending = current
-        for future in pending:
-            future.result()
+                    saves.append((volume_demo.save_volume, (mask, affine, case / mask_file_name(1, expert))))
+                yield saves
+
+    write_pipelined(cases())
 
 
 def ensure_tree(work: Path, design: dict) -> tuple[Path, float]:

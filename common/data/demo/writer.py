@@ -1,5 +1,6 @@
 """Writing the demo's files: NIfTI bytes in one piece, gzip with a fixed header, and one writer thread
-that compresses a case while the next is drawn (every demo generator writes through this).
+that compresses a case while the next is drawn (the 2D and the volume demo, and the volume benchmark's
+real-shaped trees, write through this).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def write_pipelined(cases: Iterable[list[tuple[Callable, tuple]]]) -> None:
     """Run each case's saves (``(function, arguments)``) on one writer thread while the next case is drawn.
 
     ``cases`` is drawn lazily (a generator): compression (zlib releases the GIL) overlaps with drawing the
-    next case, and at most two cases are held in memory. Both demo generators write through this.
+    next case, and at most two cases are held in memory.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         previous: list[Future] = []
