@@ -67,7 +67,7 @@ import numpy as np
 from common.data.demo.experts import expert_biases
 from common.data.demo.layout import mask_file_name
 from common.data.demo.once import MARKER_DIR, generate_into_place
-from common.data.demo.shapes import _basis, _rng
+from common.data.demo.shapes import bump_basis, rng_for
 from common.data.demo.writer import save_nifti, write_pipelined
 from common.spec import RELEASES, SPLIT_LEVELS, SPLITS, ConfigError, DatasetSpec
 
@@ -194,7 +194,7 @@ def volume_plan(spec: DatasetSpec, seed: int, counts: Mapping[str, int]) -> Volu
     quarter of its N hold two; N runs on across the splits.
     """
     design = check_volume_spec(spec)
-    rng = _rng(seed, spec.name, 0)
+    rng = rng_for(seed, spec.name, 0)
     biases = expert_biases(spec, rng)
     cases: dict[str, list[tuple[int, int]]] = {}
     n = 1
@@ -229,8 +229,8 @@ def smooth_field3(rng: np.random.Generator, shape: tuple[int, int, int], k: int,
     longest = max(h, w)
     ky, kx = max(2, round(k * h / longest)), max(2, round(k * w / longest))
     weights = rng.standard_normal((max(1, kz), ky, kx), dtype=F32)
-    field = _basis(h, ky) @ (weights @ _basis(w, kx).T)  # (kz, h, w)
-    return np.tensordot(_basis(d, max(1, kz)), field, axes=1)
+    field = bump_basis(h, ky) @ (weights @ bump_basis(w, kx).T)  # (kz, h, w)
+    return np.tensordot(bump_basis(d, max(1, kz)), field, axes=1)
 
 
 def _axes(win: Win3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -600,7 +600,7 @@ def generate_volume(
     Test volumes are drawn the same way; only their masks are not written.
     """
     design = check_volume_spec(spec)
-    rng = _rng(seed, spec.name, 1, n, m)
+    rng = rng_for(seed, spec.name, 1, n, m)
     image, truth, d = draw_volume(rng, spec, design)
     s = min(spec.image_shape) / NOMINAL
     affine = np.eye(4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data.demo.shapes import F32, Design, Drawn, _per_task, smooth_field
+from common.data.demo.shapes import F32, Design, Drawn, per_task, smooth_field
 from common.spec import DatasetSpec
 
 
@@ -24,8 +24,8 @@ def expert_masks(
     """``{task: {expert: bool mask}}`` from the true shapes, the biases ``z`` and smooth deformations."""
     out: dict[int, dict[int, np.ndarray]] = {}
     for t, truth in enumerate(drawn.truths, start=1):
-        bias_px = _per_task(design.bias_px, t) * scale
-        amp = _per_task(design.deform_px, t) * scale * (0.7 + 0.8 * drawn.difficulty)
+        bias_px = per_task(design.bias_px, t) * scale
+        amp = per_task(design.deform_px, t) * scale * (0.7 + 0.8 * drawn.difficulty)
         out[t] = {}
         for e in experts:
             mask = np.zeros(shape, bool)

@@ -23,7 +23,7 @@ from common.data.demo.layout import (
     split_folder,
 )
 from common.data.demo.once import generate_into_place, marker_path
-from common.data.demo.shapes import _rng
+from common.data.demo.shapes import rng_for
 from common.data.demo.writer import save_nifti, write_pipelined
 from common.spec import SPLITS, DatasetSpec
 
@@ -38,7 +38,7 @@ def _choose(rng: np.random.Generator, n: int, fraction: float, minimum: int) -> 
 
 def case_plan(spec: DatasetSpec, seed: int) -> tuple[np.ndarray, dict[int, dict]]:
     """Dataset-level draws: expert biases and the per-case quirks (fixed order of draws)."""
-    rng = _rng(seed, spec.name, 0)
+    rng = rng_for(seed, spec.name, 0)
     z = expert_biases(spec, rng)
     numbers = case_numbers(spec)
     plan: dict[int, dict] = {}
@@ -79,8 +79,8 @@ def generate_case(
     design = design_for(spec)
     shape = plan["shape"]
     scale = min(shape) / design.nominal
-    drawn = design.draw(_rng(seed, spec.name, 1, number), spec, shape, plan)
-    masks = expert_masks(drawn, design, plan["experts"], z, _rng(seed, spec.name, 2, number), shape, scale)
+    drawn = design.draw(rng_for(seed, spec.name, 1, number), spec, shape, plan)
+    masks = expert_masks(drawn, design, plan["experts"], z, rng_for(seed, spec.name, 2, number), shape, scale)
     image = drawn.image
     stored = {}
     for t, per_expert in masks.items():

@@ -19,12 +19,14 @@ def _dataset_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
-def _rng(seed: int, name: str, *stream: int) -> np.random.Generator:
+def rng_for(seed: int, name: str, *stream: int) -> np.random.Generator:
+    """The generator of one stream of one dataset's draws (``stream``: e.g. a purpose and a case number):
+    each case's draws depend on the seed, the dataset and the case alone, not on what was drawn before."""
     return np.random.default_rng([int(seed), _dataset_key(name), *stream])
 
 
 @lru_cache(maxsize=512)
-def _basis(n: int, k: int) -> np.ndarray:
+def bump_basis(n: int, k: int) -> np.ndarray:
     """(n, k) Gaussian bumps evenly spread over n pixels, rows of unit norm (unit-variance fields)."""
     step = n / k
     centres = (np.arange(k) + 0.5) * step
@@ -46,7 +48,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], k: int) -> np
     ky = max(2, round(k * h / longest))
     kx = max(2, round(k * w / longest))
     weights = rng.standard_normal((ky, kx), dtype=F32)
-    return _basis(h, ky) @ weights @ _basis(w, kx).T
+    return bump_basis(h, ky) @ weights @ bump_basis(w, kx).T
 
 
 Window = tuple[slice, slice]
@@ -124,7 +126,8 @@ def rand_blob(
 FULL = (slice(None), slice(None))
 
 
-def _full(shape: tuple[int, int]) -> Window:
+def full_window(shape: tuple[int, int]) -> Window:
+    """The window of the whole image."""
     return slice(0, shape[0]), slice(0, shape[1])
 
 
@@ -194,23 +197,28 @@ class Design:
     deform_k: int = 5  # bumps of the deformation field across the object's window
 
 
-def _per_task(values: tuple[float, ...], task: int) -> float:
+def per_task(values: tuple[float, ...], task: int) -> float:
+    """A design's value for ``task`` (1-based); tasks past the tuple's end take its last value."""
     return values[min(task, len(values)) - 1]
 
 
-def _margin(design: Design, scale: float) -> float:
+def expert_margin(design: Design, scale: float) -> float:
+    """Pixels around a true shape within which the experts' masks may end (their bias and deformation, at
+    ``scale``): a truth's window is widened by this so that no expert's mask is cut by it."""
     return (max(design.bias_px) * 1.5 + max(design.deform_px) * 4.0) * scale + 4.0
 
 
-def _truth(f: np.ndarray, win: Window) -> Truth:
+def as_truth(f: np.ndarray, win: Window) -> Truth:
+    """A :class:`Truth` of level set ``f`` over window ``win`` (float32, not copied if it already is)."""
     return Truth(f.astype(F32, copy=False), win)
 
 
-def _difficulty(rng: np.random.Generator) -> float:
+def draw_difficulty(rng: np.random.Generator) -> float:
+    """A case's difficulty, 0 easy .. 1 hard (Beta(1.6, 1.6): most cases in between)."""
     return float(rng.beta(1.6, 1.6))
 
 
-def _mri_finish(rng, canvas_img: np.ndarray, noise: float) -> np.ndarray:
+def mri_finish(rng, canvas_img: np.ndarray, noise: float) -> np.ndarray:
     """Add Gaussian noise and fold at zero (MRI magnitude images are non-negative)."""
     img = canvas_img
     img += rng.standard_normal(img.shape, dtype=F32) * F32(noise)

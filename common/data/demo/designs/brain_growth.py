@@ -11,11 +11,11 @@ from common.data.demo.shapes import (
     Canvas,
     Design,
     Drawn,
-    _difficulty,
-    _full,
-    _margin,
-    _mri_finish,
-    _truth,
+    as_truth,
+    draw_difficulty,
+    expert_margin,
+    full_window,
+    mri_finish,
     rand_blob,
     smooth_field,
 )
@@ -25,7 +25,7 @@ from common.spec import DatasetSpec
 def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Drawn:
     H, W = shape
     s = min(H, W) / 256.0
-    d = _difficulty(rng)
+    d = draw_difficulty(rng)
     contrast = 1.0 - 0.65 * d
     c = Canvas(shape, 0.0)
     head = rand_blob(
@@ -37,7 +37,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         angle=rng.normal(0, 0.08),
         wobble=0.025,
     )
-    fh = head.sdf(_full(shape))
+    fh = head.sdf(full_window(shape))
     scalp, skull = rng.uniform(4, 7) * s, rng.uniform(3, 5) * s
     csf_min = rng.uniform(1.0, 3.0) * s
     gm_t = rng.uniform(3, 6) * s
@@ -60,7 +60,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         harmonics=4,
     )
     width = 1.5 + 2.0 * d  # harder cases: blurrier boundary
-    bwin = brain.window(shape, _margin(DESIGN, s) + width)
+    bwin = brain.window(shape, expert_margin(DESIGN, s) + width)
     fb = np.minimum(brain.sdf(bwin), fh[bwin] - F32(inner))
     c.paint(fb, bwin, gm + tex[bwin], width)
     c.paint(fb, bwin, wm + tex[bwin], 3.0 * s, offset=gm_t)
@@ -81,9 +81,9 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         c.paint_blob(v, csf, 2.0)
     bias = 1.0 + 0.15 * smooth_field(rng, shape, 3)
     img = c.img * bias
-    img = _mri_finish(rng, img, 0.025 + 0.02 * d)
+    img = mri_finish(rng, img, 0.025 + 0.02 * d)
     img = np.round(img * 1024.0) / F32(1024.0)  # quantised float32 (compresses well)
-    return Drawn(img.astype(F32), [_truth(fb, bwin)], d)
+    return Drawn(img.astype(F32), [as_truth(fb, bwin)], d)
 
 
 DESIGN = Design(draw, bias_px=(2.0,), deform_px=(1.3,), nominal=256)

@@ -13,10 +13,10 @@ from common.data.demo.shapes import (
     Design,
     Drawn,
     Truth,
-    _difficulty,
-    _full,
-    _margin,
-    _truth,
+    as_truth,
+    draw_difficulty,
+    expert_margin,
+    full_window,
     rand_blob,
     smooth_field,
 )
@@ -38,7 +38,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
     H, W = shape
     s = min(H, W) / 240.0
     nseq = 4
-    d = _difficulty(rng)
+    d = draw_difficulty(rng)
     contrast = 1.0 - 0.6 * d
     design = DESIGN
     tissue = {k: np.array(v, F32) for k, v in _TUMOR_TISSUES.items()}
@@ -55,7 +55,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         angle=rng.normal(0, 0.08),
         wobble=0.03,
     )
-    fbr = brain.sdf(_full(shape))
+    fbr = brain.sdf(full_window(shape))
     tex = smooth_field(rng, shape, max(8, int(56 * s)))[..., None] * F32(0.04)
     c.paint(fbr, FULL, tissue["csf"], 1.5)
     c.paint(fbr, FULL, tissue["gm"] + tex, 2.0, offset=2.0 * s)
@@ -85,7 +85,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         harmonics=4,
     )
     width_edema = 2.5 + 3.0 * d
-    margin = _margin(design, s) + width_edema
+    margin = expert_margin(design, s) + width_edema
     win = whole.window(shape, margin)
     f1 = np.minimum(whole.sdf(win), fbr[win] - F32(4 * s))
     r2 = r1 * rng.uniform(0.4, 0.7)
@@ -103,7 +103,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
     f2 = np.minimum(core.sdf(win), f1 - F32(2.5 * s))
     c.paint(f1, win, tissue["edema"] + tex[win], width_edema)
     c.paint(f2, win, tissue["core"] + tex[win], 2.0)
-    truths: list[Truth | None] = [_truth(f1, win), _truth(f2, win), None]
+    truths: list[Truth | None] = [as_truth(f1, win), as_truth(f2, win), None]
     if case["enhancing"]:
         if r2 > 11 * s and rng.uniform() < 0.6:  # a rim of enhancement around necrosis
             rim = rng.uniform(5.0, 9.0) * s
@@ -122,7 +122,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
             )
             f3 = np.minimum(enh.sdf(win), f2 - F32(1.5 * s))
             c.paint(f3, win, tissue["enhancing"], 1.5)
-        truths[2] = _truth(f3, win)
+        truths[2] = as_truth(f3, win)
     img = c.img
     for ch in range(nseq):  # every sequence: its own bias field, texture and noise
         own = 1.0 + 0.12 * smooth_field(rng, shape, 3) + 0.03 * smooth_field(rng, shape, max(8, int(64 * s)))

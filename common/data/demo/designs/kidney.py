@@ -13,10 +13,10 @@ from common.data.demo.shapes import (
     Canvas,
     Design,
     Drawn,
-    _difficulty,
-    _full,
-    _margin,
-    _truth,
+    as_truth,
+    draw_difficulty,
+    expert_margin,
+    full_window,
     rand_blob,
     smooth_field,
 )
@@ -26,7 +26,7 @@ from common.spec import DatasetSpec
 def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Drawn:
     H, W = shape
     s = min(H, W) / 497.0
-    d = _difficulty(rng)
+    d = draw_difficulty(rng)
     design = DESIGN
     fat, soft = -100.0 + rng.normal(0, 8), 40.0 + rng.normal(0, 5)
     c = Canvas(shape, -1000.0)
@@ -39,7 +39,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         angle=rng.normal(0, 0.04),
         wobble=0.025,
     )
-    fb = body.sdf(_full(shape))
+    fb = body.sdf(full_window(shape))
     tex = smooth_field(rng, shape, max(8, int(64 * s))) * F32(8.0)
     # patient table under the body
     table_y = int(min(H - 3, body.cy + body.ry + rng.uniform(4, 10) * s))
@@ -123,7 +123,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         hil_dir = math.atan2(-0.5, -side)  # towards the spine and a bit anterior
         hy, hx = k.cy + 0.9 * krx * math.sin(hil_dir), k.cx + 0.9 * krx * math.cos(hil_dir)
         sinus = Blob(hy, hx, krx * rng.uniform(0.35, 0.5), krx * rng.uniform(0.35, 0.5))
-        win = k.window(shape, _margin(design, s) + width + 2)
+        win = k.window(shape, expert_margin(design, s) + width + 2)
         fk = np.minimum(k.sdf(win), -sinus.sdf(win))
         c.paint(fk, win, enh + tex[win], width)
         c.paint(fk, win, medulla + tex[win], 3.0 * s, offset=rng.uniform(5, 8) * s)
@@ -170,7 +170,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
     yy, xx = np.ogrid[:H, :W]
     fov = (yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2 > (0.5 * min(H, W) * rng.uniform(0.985, 1.0)) ** 2
     img[fov] = -1024
-    return Drawn(np.round(img).astype(np.int16), [_truth(fk, kwin)], d)
+    return Drawn(np.round(img).astype(np.int16), [as_truth(fk, kwin)], d)
 
 
 DESIGN = Design(draw, bias_px=(1.5,), deform_px=(1.0,), nominal=497)

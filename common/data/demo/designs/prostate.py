@@ -13,11 +13,11 @@ from common.data.demo.shapes import (
     Canvas,
     Design,
     Drawn,
-    _difficulty,
-    _full,
-    _margin,
-    _mri_finish,
-    _truth,
+    as_truth,
+    draw_difficulty,
+    expert_margin,
+    full_window,
+    mri_finish,
     rand_blob,
     smooth_field,
 )
@@ -27,7 +27,7 @@ from common.spec import DatasetSpec
 def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Drawn:
     H, W = shape
     s = min(H, W) / 640.0
-    d = _difficulty(rng)
+    d = draw_difficulty(rng)
     contrast = 1.0 - 0.6 * d
     design = DESIGN
     fatv = rng.uniform(0.62, 0.75)
@@ -41,7 +41,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
         angle=rng.normal(0, 0.03),
         wobble=0.03,
     )
-    fb = body.sdf(_full(shape))
+    fb = body.sdf(full_window(shape))
     tex = smooth_field(rng, shape, max(8, int(80 * s))) * F32(0.05)
     c.paint(fb, FULL, fatv + tex, 2.0)  # subcutaneous fat
     mix = np.clip(smooth_field(rng, shape, max(6, int(18 * s))) * F32(2.0) + F32(0.3), 0, 1)
@@ -108,7 +108,7 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
     # the gland: capsule, peripheral zone, anterior stroma, transition zone with nodules
     gland = rand_blob(rng, pcy, pcx, pry, prx, angle=rng.normal(0, 0.1), wobble=0.06, harmonics=4)
     width = 2.5 + 3.0 * d
-    win = gland.window(shape, _margin(design, s) + width)
+    win = gland.window(shape, expert_margin(design, s) + width)
     f1 = gland.sdf(win)
     pz = fatv + contrast * rng.uniform(-0.12, 0.05)
     capsule = fatv - contrast * rng.uniform(0.2, 0.45)
@@ -138,9 +138,9 @@ def draw(rng: np.random.Generator, spec: DatasetSpec, shape, case: dict) -> Draw
     yy = (np.arange(H, dtype=F32)[:, None] - F32(pcy)) / F32(0.6 * W)
     xx = (np.arange(W, dtype=F32)[None, :] - F32(pcx)) / F32(0.6 * W)
     bias = (1.0 + 0.18 * smooth_field(rng, shape, 3)) * (F32(1.15) - F32(0.3) * (yy * yy + xx * xx))
-    img = _mri_finish(rng, c.img * bias, 0.025 + 0.025 * d)
+    img = mri_finish(rng, c.img * bias, 0.025 + 0.025 * d)
     scale = rng.uniform(500, 900)
-    return Drawn(np.round(img * F32(scale)).astype(np.int16), [_truth(f1, win), _truth(f2, win)], d)
+    return Drawn(np.round(img * F32(scale)).astype(np.int16), [as_truth(f1, win), as_truth(f2, win)], d)
 
 
 DESIGN = Design(draw, bias_px=(4.0, 3.5), deform_px=(3.0, 2.8), nominal=640)
