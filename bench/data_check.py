@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.data.cases import discover_cases  # noqa: E402
+from common.data.cases import discover_cases, mask_file_name  # noqa: E402
 from common.data.check import check_run_data  # noqa: E402
 from common.datasets import PROSTATE  # noqa: E402
 
@@ -54,7 +54,7 @@ def write_tree(root: Path, n_train: int = 48, n_validation: int = 7, seed: int =
                     continue  # as in the release: case09 lacks expert 3's masks
                 radius = (70 if task == 1 else 35) + rng.integers(-6, 7)
                 mask = ((yy - rows / 2) ** 2 + (xx - 320) ** 2 <= radius**2).astype(np.uint8)
-                nib.save(nib.Nifti1Image(mask, np.eye(4)), str(folder / f"task{task:02d}_seg{expert:02d}.nii.gz"))
+                nib.save(nib.Nifti1Image(mask, np.eye(4)), str(folder / mask_file_name(task, expert)))
     marker.write_text("")
     return root
 

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.data import volume_demo  # noqa: E402
-from common.data.demo.layout import mask_file_name  # noqa: E402
+from common.data.cases import mask_file_name  # noqa: E402
 from common.data.demo.writer import write_pipelined  # noqa: E402
 from common.datasets import PANCREAS  # noqa: E402
 

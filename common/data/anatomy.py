@@ -54,8 +54,9 @@ import numpy as np
 from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.transform import warp
 
+from common.data.cases import mask_file_name
 from common.data.demo.generate import project_specs
-from common.data.demo.layout import case_folder_name, case_numbers, dataset_folders, mask_file_name, split_folder
+from common.data.demo.layout import case_folder_name, case_numbers, dataset_folders, split_folder
 from common.data.demo.once import MARKER_DIR, generate_into_place
 from common.data.demo.shapes import smooth_field
 from common.data.demo.writer import save_nifti

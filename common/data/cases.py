@@ -40,6 +40,7 @@ import numpy as np
 from common.data.layout import CaseLayout, layout_of
 from common.errors import DataError
 from common.spec import RELEASE_NAMES, RELEASES, SPLITS, ConfigError, DatasetSpec
+from common.strategies import expert_name
 
 IMAGE_NAME = "image.nii.gz"
 MASK_PATTERN = re.compile(r"^task(\d+)_seg(\d+)\.nii(\.gz)?$")
@@ -47,6 +48,12 @@ _MASK_ANY_CASE = re.compile(MASK_PATTERN.pattern, re.IGNORECASE)
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Folders an unzip tool or a file manager leaves next to the data; never data themselves.
 _HOUSEKEEPING = ("__MACOSX",)
+
+
+def mask_file_name(task: int, expert: int) -> str:
+    """A mask's file name in both releases, ``task01_seg02.nii.gz`` (what :data:`MASK_PATTERN` reads back):
+    the expert as :func:`common.strategies.expert_name` calls them."""
+    return f"task{task:02d}_{expert_name(expert)}.nii.gz"
 
 
 class DataWarning(UserWarning):
@@ -456,7 +463,7 @@ def _scan_folder(folder: Path, files: list[str]) -> tuple[Path | None, dict[tupl
         masks[(task, expert)] = path
         if not MASK_PATTERN.match(name):
             warnings.warn(
-                f"{path}: named in other letter case than task{task:02d}_seg{expert:02d}.nii.gz; used as the mask of "
+                f"{path}: named in other letter case than {mask_file_name(task, expert)}; used as the mask of "
                 f"task {task}, expert {expert}",
                 DataWarning,
                 stacklevel=3,

@@ -29,11 +29,13 @@ from common.data.cases import (
     LoadedCase,
     load_case,
     load_image,
+    mask_file_name,
     mask_shape_problem,
     natural_key,
 )
 from common.data.layout import layout_of
 from common.spec import DatasetSpec
+from common.strategies import expert_name
 
 #: Problems listed in full in the error message; more are counted.
 MAX_LISTED = 30
@@ -163,10 +165,10 @@ def check_run_data(
             if expert is None:
                 problems.append(f"{name}: none of the {len(training)} training cases has a mask of task {task}")
             else:
-                head = name if name == f"seg{expert:02d}" else f"{name} (its head for seg{expert:02d})"
+                head = name if name == expert_name(expert) else f"{name} (its head for {expert_name(expert)})"
                 problems.append(
                     f"{head}: expert {expert} has no mask of task {task} in any of the {len(training)} training "
-                    f"cases (no task{task:02d}_seg{expert:02d}.nii.gz); leave it out with --experts"
+                    f"cases (no {mask_file_name(task, expert)}); leave it out with --experts"
                 )
     if len(problems) == 1:
         raise DataError(f"the data check found a problem; nothing was created or trained: {problems[0]}")

@@ -64,8 +64,8 @@ if __name__ == "__main__":  # the command line: small matrix products; idle BLAS
 
 import numpy as np
 
+from common.data.cases import mask_file_name
 from common.data.demo.experts import expert_biases
-from common.data.demo.layout import mask_file_name
 from common.data.demo.once import MARKER_DIR, generate_into_place
 from common.data.demo.shapes import bump_basis, rng_for
 from common.data.demo.writer import save_nifti, write_pipelined

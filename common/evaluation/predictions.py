@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.data.cases import DataError, natural_key, read_nifti
+from common.data.cases import DataError, mask_file_name, natural_key, read_nifti
 from common.data.layout import CaseLayout, Planar
 from common.storage import replaced_atomically
 
@@ -34,7 +34,7 @@ def prediction_path(pred_root: Path, dataset: str, case_id: str, task: int, expe
     folder = Path(pred_root) / dataset / case_id
     if expert is None:
         return folder / f"task{task:02d}.nii.gz"
-    return folder / EXPERTS_SUBFOLDER / f"task{task:02d}_seg{expert:02d}.nii.gz"
+    return folder / EXPERTS_SUBFOLDER / mask_file_name(task, expert)
 
 
 def output_path(pred_root: Path, dataset: str, case_id: str, task: int, network: str, output: int | str | None) -> Path:

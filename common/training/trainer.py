@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from common.spec import Settings
-from common.strategies import strategy
+from common.strategies import expert_name, strategy
 from common.training import backend
 from common.training.augmentation import Augmentation
 from common.training.checkpoints import CHECKPOINT_SECONDS, EpochRecorder, read_backup, read_log
@@ -86,7 +86,7 @@ def output_channels(settings: Settings, targets: np.ndarray) -> int:
 
 
 def network_label(expert: int | str) -> str:
-    return f"seg{expert:02d}" if isinstance(expert, int) else str(expert)
+    return expert_name(expert) if isinstance(expert, int) else str(expert)
 
 
 def validation_stream(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data.cases import mask_file_name
 from common.data.demo.designs import design_for
 from common.data.demo.experts import expert_biases, expert_masks
 from common.data.demo.layout import (
@@ -19,7 +20,6 @@ from common.data.demo.layout import (
     case_numbers,
     dataset_folders,
     mask_dtype,
-    mask_file_name,
     split_folder,
 )
 from common.data.demo.once import generate_into_place, marker_path

@@ -32,10 +32,6 @@ def case_folder_name(number: int) -> str:
     return f"case{number:02d}"
 
 
-def mask_file_name(task: int, expert: int) -> str:
-    return f"task{task:02d}_seg{expert:02d}.nii.gz"
-
-
 def dataset_folders(spec: DatasetSpec, root: Path) -> dict[str, Path]:
     """``<root>/<top>/<name>`` per split: the folders one dataset owns."""
     return {split: Path(root) / SPLIT_FOLDERS[split][0] / spec.name for split in SPLITS}
