@@ -34,6 +34,8 @@ def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def gpu_visible() -> bool:
+    """Whether the backend computes on a GPU (:func:`common.training.backend.gpu_visible`); looked up here at
+    call time, so the tests can choose a policy's machine without one."""
     return backend.gpu_visible()
 
 
