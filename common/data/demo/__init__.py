@@ -12,7 +12,7 @@ deformation per case::
 so the experts disagree at the boundary and the consensus has graded values k/n there.
 
 The counts, shapes, tasks, experts and channels come from a :class:`~common.spec.DatasetSpec`
-(the four top-level scripts' ``DATASET``); this package owns only how each dataset is *drawn*,
+(the 2D datasets' entries in :mod:`common.datasets`); this package owns only how each dataset is *drawn*,
 keyed by ``spec.name``, and the layout quirks of the distributed data:
 
 - ``kidney``: CT in Hounsfield units (int16, about -1024..1051), needs a 0..255 HU window to
@@ -31,7 +31,7 @@ Generation is deterministic from ``(spec.name, seed)``.  ``python -m common.demo
 
 The modules, lowest first (each imports only those above it):
 
-- :mod:`~common.data.demo.layout`: the QUBIQ folders and file names the demo writes, and their quirks;
+- :mod:`~common.data.demo.layout`: the QUBIQ folders the demo writes (case numbers, splits), and their quirks;
 - :mod:`~common.data.demo.shapes`: random streams, smooth fields, blobs, the canvas, ``Truth``,
   ``Drawn`` and ``Design``;
 - :mod:`~common.data.demo.designs`: how each dataset is drawn, one module per dataset, and
