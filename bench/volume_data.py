@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.data import volume_demo  # noqa: E402
 from common.data.cases import mask_file_name  # noqa: E402
-from common.data.demo.writer import write_pipelined  # noqa: E402
+from common.data.demo.writer import save_nifti, write_pipelined  # noqa: E402
 from common.datasets import PANCREAS  # noqa: E402
 
 #: Bump when a change makes the written trees differ; a tree with another marker is written again.
@@ -144,9 +144,9 @@ def write_tree(root: Path, design: dict) -> None:
                 assert image.shape == (depth, 512, 512), image.shape
                 case = folder / volume_demo.case_id(n, m)
                 case.mkdir()
-                saves = [(volume_demo.save_volume, (image, affine, case / "image.nii.gz"))]
+                saves = [(save_nifti, (image, case / "image.nii.gz", affine))]
                 for expert, mask in masks.items():
-                    saves.append((volume_demo.save_volume, (mask, affine, case / mask_file_name(1, expert))))
+                    saves.append((save_nifti, (mask, case / mask_file_name(1, expert), affine)))
                 yield saves
 
     write_pipelined(cases())

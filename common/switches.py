@@ -171,14 +171,7 @@ SWITCHES: dict[str, Switch] = {
         Switch("image_size", "input_size", _int(1), _plain, "N", "input size in pixels, a multiple of 2**depth"),
         Switch("depth", "depth", _int(1), _plain, "N", "number of poolings of the U-Net (deeper: larger context)"),
         Switch("base_filters", "base_filters", _int(1), _plain, "N", "filters of the first level, doubled per level"),
-        Switch(
-            "dropout",
-            "dropout",
-            _choice(DROPOUT_KINDS),
-            str,
-            "KIND",
-            _either(DROPOUT_KINDS),
-        ),
+        Switch("dropout", "dropout", _choice(DROPOUT_KINDS), str, "KIND", _either(DROPOUT_KINDS)),
         Switch(
             "dropout_rate",
             "dropout_rate",

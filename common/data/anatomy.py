@@ -132,7 +132,7 @@ def load_template(path: Path = ASSET) -> TemplateSlices:
 # ----------------------------------------------------------------------------------------------
 
 
-def rng_for(seed: int, name: str, *stream: int) -> np.random.Generator:
+def _rng(seed: int, name: str, *stream: int) -> np.random.Generator:
     key = zlib.crc32(f"mni152:{name}".encode())
     return np.random.default_rng([int(seed), key, *stream])
 
@@ -148,7 +148,7 @@ def check_spec(spec: DatasetSpec) -> None:
 
 def expert_levels(spec: DatasetSpec, seed: int) -> np.ndarray:
     """Each expert's probability level (index e - 1), fixed for the dataset: lower draws larger masks."""
-    rng = rng_for(seed, spec.name, 0)
+    rng = _rng(seed, spec.name, 0)
     n = spec.experts
     base = np.linspace(*LEVEL_RANGE, n) if n > 1 else np.array([np.mean(LEVEL_RANGE)])
     levels = rng.permutation(base) + rng.normal(0.0, 0.01, n)
@@ -157,7 +157,7 @@ def expert_levels(spec: DatasetSpec, seed: int) -> np.ndarray:
 
 def slice_plan(spec: DatasetSpec, seed: int, n_slices: int) -> dict[int, int]:
     """The template slice of every case number: the slices in one seeded order after another."""
-    rng = rng_for(seed, spec.name, 1)
+    rng = _rng(seed, spec.name, 1)
     numbers = [n for split in SPLITS for n in case_numbers(spec)[split]]
     order: list[int] = []
     while len(order) < len(numbers):
@@ -263,13 +263,13 @@ def draw_case(
         raise ValueError(f"case {number} is not a case of {spec.name} (1..{len(plan)})")
     index = plan[number]
     shape = tuple(int(s) for s in spec.image_shape)
-    rng = rng_for(seed, spec.name, 2, number)
+    rng = _rng(seed, spec.name, 2, number)
     coords = _case_coords(rng, tpl, shape)
     t1 = warp(tpl.t1[index], coords, order=3, mode="constant", cval=0.0, preserve_range=True).astype(F32)
     tissue = warp(tpl.tissue[index], coords, order=3, mode="constant", cval=0.0, preserve_range=True).astype(F32)
     image = _finish_image(rng, t1)
     masks = {
-        e: expert_mask(rng_for(seed, spec.name, 3, number, e), tissue, float(levels[e - 1]))
+        e: expert_mask(_rng(seed, spec.name, 3, number, e), tissue, float(levels[e - 1]))
         for e in range(1, spec.experts + 1)
     }
     return AnatomyCase(image, masks, tissue, index, float(tpl.z_mm[index]))

@@ -622,13 +622,6 @@ def generate_volume(
 # ----------------------------------------------------------------------------------------------
 
 
-def save_volume(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write ``.nii.gz`` with ``affine``: the 2D demo's writer (:func:`common.data.demo.writer.save_nifti`),
-    a fixed gzip header: same array, same bytes.
-    """
-    save_nifti(arr, path, affine)
-
-
 def generate_volume_dataset(spec: DatasetSpec, root: Path, seed: int, counts: Mapping[str, int] | None = None) -> Path:
     """Write one synthetic volume set under ``root`` in the 2021 layout; return its training folder.
 
@@ -652,9 +645,9 @@ def generate_volume_dataset(spec: DatasetSpec, root: Path, seed: int, counts: Ma
                 image, masks, affine = generate_volume(spec, seed, n, m, plan)
                 folder = base / case_id(n, m)
                 folder.mkdir()
-                saves = [(save_volume, (image, affine, folder / "image.nii.gz"))]
+                saves = [(save_nifti, (image, folder / "image.nii.gz", affine))]
                 if split != "test":  # the release's test volumes come without masks
-                    saves += [(save_volume, (mask, affine, folder / mask_file_name(1, e))) for e, mask in masks.items()]
+                    saves += [(save_nifti, (mask, folder / mask_file_name(1, e), affine)) for e, mask in masks.items()]
                 yield saves
 
     write_pipelined(volumes())  # compression overlaps with drawing the next volume
